@@ -1,0 +1,88 @@
+//! `pipec`: parse, set up logging, then run the client (or the relay) and map the
+//! outcome to an exit code.
+
+use clap::Parser;
+use pipe::config::cli::{PipecArgs, PipecCommand};
+use pipe::config::{ClientConfig, Endpoint, LogConfig};
+use pipe::relay::RelayListener;
+use std::io::Write;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let args = PipecArgs::parse();
+    match args.command {
+        Some(PipecCommand::Relay { listen, target }) => {
+            let log = LogConfig::from_args(&args.log);
+            pipe::logging::init(&log);
+            runtime(true).map_or(ExitCode::from(1), |rt| rt.block_on(relay(listen, target)))
+        }
+        None => {
+            let cfg = match ClientConfig::from_args(args.run, &args.log) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            pipe::logging::init(&cfg.log);
+            // One session, one thread: the driver and its splices never hop threads.
+            runtime(false).map_or(ExitCode::from(1), |rt| rt.block_on(client(cfg)))
+        }
+    }
+}
+
+fn runtime(multi: bool) -> Option<tokio::runtime::Runtime> {
+    let mut b = if multi {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    match b.enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
+async fn client(cfg: ClientConfig) -> ExitCode {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(pipe::signals::cancel_on_signal(shutdown.clone()));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<pipe::client::ClientEvent>();
+    let printer = tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            if let Some(line) = ev.stdout_line() {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            }
+        }
+    });
+    let result = pipe::client::run(cfg, tx, shutdown).await;
+    let _ = printer.await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+async fn relay(listen: Endpoint, target: Endpoint) -> ExitCode {
+    let listener = match RelayListener::bind(&listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!("listening on {}", listener.describe());
+    let _ = std::io::stdout().flush();
+    let stop = CancellationToken::new();
+    tokio::spawn(pipe::signals::cancel_on_signal(stop.clone()));
+    pipe::relay::run(listener, target, stop).await;
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,86 @@
+//! `piped`: parse, set up logging, bind, run, map the outcome to an exit code.
+
+use clap::Parser;
+use pipe::config::cli::PipedArgs;
+use pipe::config::ServerConfig;
+use pipe::server::{Server, ServerError};
+use std::io::Write;
+use std::process::ExitCode;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let args = PipedArgs::parse();
+    let cfg = match ServerConfig::from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    pipe::logging::init(&cfg.log);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(serve(cfg))
+}
+
+async fn serve(cfg: ServerConfig) -> ExitCode {
+    let listen = cfg.listen.clone();
+    let server = match Server::new(cfg) {
+        Ok(s) => s,
+        Err(e @ ServerError::Config(_)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let listener = match TcpListener::bind(&listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {listen}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let admin = match server.start_admin(shutdown.clone()).await {
+        Ok(a) => a,
+        Err(e @ ServerError::Config(_)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match listener.local_addr() {
+        Ok(a) => println!("listening on {a}"),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    if let Some(a) = admin {
+        println!("admin on {a}");
+    }
+    let _ = std::io::stdout().flush();
+    tokio::spawn(pipe::signals::cancel_on_signal(shutdown.clone()));
+    match server.run(listener, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! One client session: dial, optional TLS, yamux, login, register the forwards, then
+//! the control loop until the connection is lost or the client is told to stop.
+
+use super::stream::{self, Routes};
+use super::{describe, ClientError, ClientEvent, ForwardState};
+use crate::auth::client_handshake;
+use crate::config::ClientConfig;
+use crate::protocol::{
+    ClientMsg, CodecError, ForwardRequest, MessageStream, Proto, ServerMsg, CLIENT_ID_LEN,
+    MAX_CONTROL_FRAME,
+};
+use crate::transport::mux::{self, Mode, MAX_STREAMS_LIMIT};
+use crate::transport::tls::{self, TlsConnector};
+use crate::transport::{tcp, BatchIo, MuxStream};
+use futures::io::{AsyncRead, AsyncWrite};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Dialling the server, and the TLS handshake and login after it, each get this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing session may take to flush its last frames.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+pub(crate) struct SessionCtx<'a> {
+    pub config: &'a ClientConfig,
+    pub client_id: [u8; CLIENT_ID_LEN],
+    pub tls: Option<&'a TlsConnector>,
+    pub events: &'a mpsc::UnboundedSender<ClientEvent>,
+    pub shutdown: &'a CancellationToken,
+}
+
+pub(crate) enum End {
+    Shutdown,
+    Lost { logged_in: bool, reason: String },
+}
+
+fn lost(reason: impl Into<String>) -> Result<End, ClientError> {
+    Ok(End::Lost {
+        logged_in: false,
+        reason: reason.into(),
+    })
+}
+
+/// The connector for `--tls`, built once (a bad CA file is a startup error).
+pub(crate) fn tls_connector(config: &ClientConfig) -> Result<Option<TlsConnector>, ClientError> {
+    if !config.tls {
+        return Ok(None);
+    }
+    tls::connector(config.tls_ca.as_deref())
+        .map(Some)
+        .map_err(ClientError::Tls)
+}
+
+pub(crate) async fn run_once(
+    ctx: SessionCtx<'_>,
+    forwards: &mut [ForwardState],
+) -> Result<End, ClientError> {
+    let dial = timeout(CONNECT_TIMEOUT, TcpStream::connect(&ctx.config.server));
+    let tcp = tokio::select! {
+        _ = ctx.shutdown.cancelled() => return Ok(End::Shutdown),
+        r = dial => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return lost(format!("cannot reach {}: {e}", ctx.config.server)),
+            Err(_) => return lost(format!("cannot reach {}: timed out", ctx.config.server)),
+        },
+    };
+    tcp::tune_control(&tcp);
+    let Some(connector) = ctx.tls else {
+        return serve(ctx, forwards, BatchIo::new(tcp)).await;
+    };
+    let name = ctx
+        .config
+        .tls_server_name
+        .clone()
+        .unwrap_or_else(|| ctx.config.server_host.clone());
+    let name = tls::server_name(&name).map_err(ClientError::Tls)?;
+    match timeout(CONNECT_TIMEOUT, connector.connect(name, tcp)).await {
+        Ok(Ok(s)) => serve(ctx, forwards, BatchIo::new(s)).await,
+        Ok(Err(e)) => match tls::explain_client_error(&e) {
+            (why, true) => Err(ClientError::Tls(why)),
+            (why, false) => lost(why),
+        },
+        Err(_) => lost("TLS handshake timed out"),
+    }
+}
+
+async fn serve<IO>(
+    ctx: SessionCtx<'_>,
+    forwards: &mut [ForwardState],
+    io: IO,
+) -> Result<End, ClientError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let cfg = ctx.config;
+    let stop = CancellationToken::new();
+    let routes: Routes = Arc::new(forwards.iter().map(|f| f.spec.clone()).collect());
+    let on_inbound = move |s: MuxStream| {
+        tokio::spawn(stream::handle(s, routes.clone()));
+    };
+    let (mux, driver) = mux::start(
+        io,
+        mux::config(MAX_STREAMS_LIMIT),
+        Mode::Client,
+        on_inbound,
+        stop.clone(),
+    );
+    let mut driver = mux::DriverTask::spawn(driver);
+    let result = async {
+        let ctl = timeout(CONNECT_TIMEOUT, mux.open()).await;
+        let Ok(Ok(ctl)) = ctl else {
+            return lost("cannot open the control stream");
+        };
+        let mut ctl = MessageStream::new(ctl, MAX_CONTROL_FRAME);
+        let login = timeout(
+            CONNECT_TIMEOUT,
+            client_handshake(&mut ctl, cfg.token.as_ref(), &ctx.client_id),
+        );
+        let session_id = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Ok(End::Shutdown),
+            r = login => match r {
+                Ok(Ok(id)) => id,
+                Ok(Err(e)) if e.is_permanent() => return Err(ClientError::Login(e)),
+                Ok(Err(e)) => return lost(format!("login failed: {e}")),
+                Err(_) => return lost("login timed out"),
+            },
+        };
+        info!(session = session_id, server = %cfg.server, "logged in");
+        let mut s = Control {
+            ctx: &ctx,
+            forwards,
+            ctl,
+        };
+        s.run(&mut driver).await
+    }
+    .await;
+    stop.cancel();
+    let _ = timeout(CLOSE_GRACE, driver.finished()).await;
+    result
+}
+
+struct Control<'a, 'b> {
+    ctx: &'a SessionCtx<'b>,
+    forwards: &'a mut [ForwardState],
+    ctl: MessageStream<MuxStream>,
+}
+
+impl Control<'_, '_> {
+    async fn send(&mut self, msg: &ClientMsg) -> Result<(), ()> {
+        match timeout(self.ctx.config.heartbeat_timeout, self.ctl.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    /// Asks for every forward in `which` that is still open, on the port it had
+    /// before if it had one.
+    async fn register(&mut self, which: &[bool]) -> Result<(), ()> {
+        let reqs: Vec<ForwardRequest> = self
+            .forwards
+            .iter()
+            .zip(which)
+            .enumerate()
+            .filter(|(_, (f, ask))| **ask && !f.closed)
+            .map(|(id, (f, _))| ForwardRequest {
+                id: id as u32,
+                proto: f.spec.proto,
+                remote_port: f.assigned_port.unwrap_or(f.spec.remote_port),
+                subdomain: f.spec.subdomain.clone(),
+                speed_limit: f.spec.speed_limit,
+                local: f.spec.local(),
+            })
+            .collect();
+        for req in reqs {
+            self.send(&ClientMsg::Forward(req)).await?;
+        }
+        Ok(())
+    }
+
+    async fn run(&mut self, driver: &mut mux::DriverTask) -> Result<End, ClientError> {
+        let cfg = self.ctx.config;
+        let logged_in = |reason: &str| {
+            Ok(End::Lost {
+                logged_in: true,
+                reason: reason.to_string(),
+            })
+        };
+        if self
+            .register(&vec![true; self.forwards.len()])
+            .await
+            .is_err()
+        {
+            return logged_in("control stream stalled");
+        }
+        // Forwards refused after a reconnect: asked for again at every heartbeat tick.
+        let mut refused = vec![false; self.forwards.len()];
+        let mut tick = tokio::time::interval_at(
+            Instant::now() + cfg.heartbeat_interval,
+            cfg.heartbeat_interval,
+        );
+        let mut last_seen = Instant::now();
+        loop {
+            tokio::select! {
+                _ = self.ctx.shutdown.cancelled() => {
+                    self.cancel_all().await;
+                    return Ok(End::Shutdown);
+                }
+                _ = driver.finished() => return logged_in("connection lost"),
+                msg = self.ctl.recv::<ServerMsg>() => {
+                    last_seen = Instant::now();
+                    match msg {
+                        Ok(ServerMsg::Heartbeat) => {}
+                        Ok(ServerMsg::ForwardOk { id, remote_port, url }) => {
+                            self.forward_ok(id, remote_port, url);
+                            if let Some(r) = refused.get_mut(id as usize) { *r = false; }
+                        }
+                        Ok(ServerMsg::ForwardRefused { id, reason }) => {
+                            let Some(f) = self.forwards.get(id as usize) else { continue };
+                            if !f.ever_registered {
+                                return Err(ClientError::ForwardRefused { spec: describe(&f.spec), reason });
+                            }
+                            warn!(forward = %describe(&f.spec), %reason, "forward refused; will retry");
+                            if let Some(r) = refused.get_mut(id as usize) { *r = true; }
+                        }
+                        Ok(ServerMsg::Closed { id, reason }) => {
+                            if let Some(f) = self.forwards.get_mut(id as usize) {
+                                warn!(forward = %describe(&f.spec), %reason, "the server closed this forward; not re-registering it");
+                                f.closed = true;
+                                let _ = self.ctx.events.send(ClientEvent::Closed { id, reason });
+                            }
+                            if self.forwards.iter().all(|f| f.closed) {
+                                return logged_in("every forward was closed by the server");
+                            }
+                        }
+                        Ok(other) => debug!(?other, "unexpected message from the server"),
+                        Err(CodecError::Closed) => return logged_in("server closed the session"),
+                        Err(e) => return logged_in(&format!("bad message from the server: {e}")),
+                    }
+                }
+                _ = tick.tick() => {
+                    if last_seen.elapsed() >= cfg.heartbeat_timeout {
+                        return logged_in("heartbeat timeout: the server went silent");
+                    }
+                    if self.send(&ClientMsg::Heartbeat).await.is_err() {
+                        return logged_in("control stream stalled");
+                    }
+                    if refused.iter().any(|r| *r) {
+                        let again = std::mem::replace(&mut refused, vec![false; self.forwards.len()]);
+                        if self.register(&again).await.is_err() {
+                            return logged_in("control stream stalled");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn forward_ok(&mut self, id: u32, remote_port: u16, url: Option<String>) {
+        let host = &self.ctx.config.server_host;
+        let Some(f) = self.forwards.get_mut(id as usize) else {
+            return;
+        };
+        f.ever_registered = true;
+        let public = match (f.spec.proto, url) {
+            (_, Some(url)) => url,
+            (Proto::Udp, None) => format!("udp://{host}:{remote_port}"),
+            (_, None) => format!("tcp://{host}:{remote_port}"),
+        };
+        if f.spec.proto != Proto::Http {
+            f.assigned_port = Some(remote_port);
+        }
+        info!(forward = %describe(&f.spec), %public, "forward live");
+        let _ = self.ctx.events.send(ClientEvent::Forwarding {
+            id,
+            public,
+            local: f.spec.local(),
+        });
+    }
+
+    /// Tells the server to free every port now rather than at the heartbeat timeout.
+    async fn cancel_all(&mut self) {
+        for id in 0..self.forwards.len() {
+            if !self.forwards[id].closed {
+                let _ = self.send(&ClientMsg::Cancel { id: id as u32 }).await;
+            }
+        }
+        let _ = timeout(CLOSE_GRACE, self.ctl.close()).await;
+    }
+}

@@ -1,0 +1,61 @@
+//! One data stream opened by the server: read its header, dial the local service,
+//! answer with the status byte, splice.
+
+use crate::config::ForwardSpec;
+use crate::protocol::{read_header_frame, StreamHeader, MAX_HEADER_FRAME, STREAM_CONNECTED};
+use crate::transport::{splice, tcp, MuxStream, SpliceOptions};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::time::timeout;
+use tracing::{debug, Instrument};
+
+/// The server writes the header with the stream's first bytes; a stream without one
+/// in this time is abandoned.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A local service that does not accept within this time counts as down. Streams the
+/// client has not answered hold yamux's unacknowledged-stream budget, so this is bounded.
+const LOCAL_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Routes: forward id → what it forwards to. Fixed for the life of the process.
+pub(crate) type Routes = Arc<Vec<ForwardSpec>>;
+
+pub(crate) async fn handle(mut stream: MuxStream, routes: Routes) {
+    let header: StreamHeader = match timeout(
+        HEADER_TIMEOUT,
+        read_header_frame(&mut stream, MAX_HEADER_FRAME),
+    )
+    .await
+    {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => return debug!(error = %e, "bad stream header"),
+        Err(_) => return debug!("no stream header in time"),
+    };
+    let Some(route) = routes.get(header.forward_id as usize) else {
+        return debug!(forward = header.forward_id, "stream for an unknown forward");
+    };
+    let span =
+        tracing::debug_span!("stream", forward = header.forward_id, visitor = ?header.visitor);
+    connect(stream, route).instrument(span).await
+}
+
+async fn connect(mut stream: MuxStream, route: &ForwardSpec) {
+    let mut local = match timeout(
+        LOCAL_DIAL_TIMEOUT,
+        tcp::dial(&route.local_host, route.local_port),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return debug!(error = %e, local = %route.local(), "local service unreachable")
+        }
+        Err(_) => return debug!(local = %route.local(), "local service did not accept in time"),
+    };
+    if stream.write_all(&[STREAM_CONNECTED]).await.is_err() {
+        return;
+    }
+    if let Err(e) = splice(&mut local, &mut stream, SpliceOptions::default()).await {
+        debug!(error = %e, "stream ended");
+    }
+}

@@ -1,0 +1,177 @@
+//! Command-line definitions (clap). Every field is optional here so that config-file
+//! values can fill what the command line leaves out; defaults are applied in `config`.
+
+use super::values::{Endpoint, ForwardSpec, PortSet, Rate};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logging flags shared by both programs.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Less log output (-q warnings and errors, -qq errors only).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub quiet: u8,
+    /// Log line format on stderr.
+    #[arg(long, value_enum, global = true)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// pipe server: accepts pipec clients and publishes their forwards.
+#[derive(Debug, Parser)]
+#[command(name = "piped", version = crate::VERSION_LINE)]
+pub struct PipedArgs {
+    /// Control listener, PORT or HOST:PORT [default: 0.0.0.0:8910]
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Shared secret clients must prove; without one the server is open.
+    #[arg(long, env = "PIPE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// TOML config file; flags override its keys.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address public listeners bind [default: 0.0.0.0]
+    #[arg(long)]
+    pub bind_addr: Option<String>,
+    /// Public ports clients may claim, e.g. 9000-9100,10000 [default: 1024-65535]
+    #[arg(long)]
+    pub ports: Option<PortSet>,
+    /// Tunnels per client [default: 64]
+    #[arg(long)]
+    pub max_tunnels: Option<usize>,
+    /// Concurrent streams (public connections) per client session [default: 16384]
+    #[arg(long)]
+    pub max_streams: Option<usize>,
+    /// Connections that have not logged in yet, across all peers [default: 1024]
+    #[arg(long)]
+    pub max_pending: Option<usize>,
+    /// Concurrent public connections per tunnel [default: 16384]
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// UDP visitors tracked per UDP forward [default: 1024]
+    #[arg(long)]
+    pub udp_max_peers: Option<usize>,
+    /// Forget a UDP visitor after this long without traffic [default: 60s]
+    #[arg(long, value_parser = duration)]
+    pub udp_idle_timeout: Option<Duration>,
+    /// Admin HTTP server (dashboard, API, metrics), e.g. 127.0.0.1:8911
+    #[arg(long)]
+    pub admin: Option<String>,
+    /// Bearer token required by the admin routes (all but /healthz).
+    #[arg(long, env = "PIPE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Domain for http forwards: SUB.DOMAIN is routed by Caddy.
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// Caddy admin endpoint, e.g. http://127.0.0.1:2019
+    #[arg(long)]
+    pub caddy_admin: Option<String>,
+    /// Name of the Caddy HTTP server routes are added to [default: srv0]
+    #[arg(long)]
+    pub caddy_server: Option<String>,
+    /// Also add each subdomain to a Caddy TLS automation policy.
+    #[arg(long)]
+    pub caddy_tls_policy: bool,
+    /// PEM certificate chain: serve the control port over TLS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Cap per tunnel and direction, e.g. 10MB; clients cannot raise it.
+    #[arg(long)]
+    pub speed_limit: Option<Rate>,
+    /// How often to send a heartbeat [default: 10s]
+    #[arg(long, value_parser = duration)]
+    pub heartbeat_interval: Option<Duration>,
+    /// Drop a session silent for this long [default: 30s]
+    #[arg(long, value_parser = duration)]
+    pub heartbeat_timeout: Option<Duration>,
+    /// Drop connections that have not logged in within this time [default: 10s]
+    #[arg(long, value_parser = duration)]
+    pub login_timeout: Option<Duration>,
+    /// On SIGTERM, how long open connections may finish [default: 10s]
+    #[arg(long, value_parser = duration)]
+    pub drain_timeout: Option<Duration>,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// pipe client: publishes local ports through a piped server; or relays locally.
+#[derive(Debug, Parser)]
+#[command(name = "pipec", version = crate::VERSION_LINE, args_conflicts_with_subcommands = true)]
+pub struct PipecArgs {
+    #[command(subcommand)]
+    pub command: Option<PipecCommand>,
+    #[command(flatten)]
+    pub run: PipecRunArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PipecCommand {
+    /// Accept on LISTEN and splice every connection to TARGET (socat replacement).
+    Relay {
+        /// tcp:PORT, tcp:HOST:PORT or unix:PATH
+        listen: Endpoint,
+        /// tcp:PORT, tcp:HOST:PORT or unix:PATH
+        target: Endpoint,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PipecRunArgs {
+    /// The piped control address, HOST:PORT
+    #[arg(long)]
+    pub server: Option<String>,
+    /// PROTO:[LOCAL_HOST:]LOCAL_PORT:REMOTE_PORT, or http:[LOCAL_HOST:]LOCAL_PORT[:SUBDOMAIN]
+    #[arg(long = "forward")]
+    pub forwards: Vec<ForwardSpec>,
+    /// Shared secret for the server's login.
+    #[arg(long, env = "PIPE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// TOML config file; flags override its keys.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Limit per tunnel and direction, e.g. 500KiB
+    #[arg(long)]
+    pub speed_limit: Option<Rate>,
+    /// Connect to the server over TLS.
+    #[arg(long)]
+    pub tls: bool,
+    /// PEM CA certificate(s) to trust instead of the system roots (implies --tls).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Name to verify in the server certificate [default: the --server host]
+    #[arg(long)]
+    pub tls_server_name: Option<String>,
+    /// How often to send a heartbeat [default: 10s]
+    #[arg(long, value_parser = duration)]
+    pub heartbeat_interval: Option<Duration>,
+    /// Reconnect when the server has been silent this long [default: 30s]
+    #[arg(long, value_parser = duration)]
+    pub heartbeat_timeout: Option<Duration>,
+    /// Longest wait between reconnect attempts [default: 2s]
+    #[arg(long, value_parser = duration)]
+    pub reconnect_max: Option<Duration>,
+    /// Close a UDP visitor's local socket after this long idle [default: 60s]
+    #[arg(long, value_parser = duration)]
+    pub udp_idle_timeout: Option<Duration>,
+    /// Local UDP sockets per UDP forward [default: 1024]
+    #[arg(long)]
+    pub udp_max_peers: Option<usize>,
+}

@@ -1,0 +1,85 @@
+//! The TOML config files. Every flag has a key of the same name; unknown keys are
+//! errors, so a typo cannot silently fall back to a default.
+
+use super::values::{PortSet, Rate};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServerFile {
+    pub listen: Option<String>,
+    pub token: Option<String>,
+    pub bind_addr: Option<String>,
+    pub ports: Option<PortSet>,
+    pub max_tunnels: Option<usize>,
+    pub max_streams: Option<usize>,
+    pub max_pending: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub udp_max_peers: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub udp_idle_timeout: Option<Duration>,
+    pub admin: Option<String>,
+    pub admin_token: Option<String>,
+    pub domain: Option<String>,
+    pub caddy_admin: Option<String>,
+    pub caddy_server: Option<String>,
+    pub caddy_tls_policy: Option<bool>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub speed_limit: Option<Rate>,
+    #[serde(default, with = "humantime_serde")]
+    pub heartbeat_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub heartbeat_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub login_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub drain_timeout: Option<Duration>,
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ClientFile {
+    pub server: Option<String>,
+    pub token: Option<String>,
+    #[serde(default)]
+    pub forward: Vec<ForwardTable>,
+    pub speed_limit: Option<Rate>,
+    pub tls: Option<bool>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_server_name: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub heartbeat_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub heartbeat_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub reconnect_max: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub udp_idle_timeout: Option<Duration>,
+    pub udp_max_peers: Option<usize>,
+    pub log_format: Option<String>,
+}
+
+/// One `[[forward]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ForwardTable {
+    /// `tcp`, `udp` or `http`.
+    pub proto: String,
+    pub local_host: Option<String>,
+    pub local_port: u16,
+    #[serde(default)]
+    pub remote_port: u16,
+    pub subdomain: Option<String>,
+    pub speed_limit: Option<Rate>,
+}
+
+/// Reads and parses a TOML file, naming the file in any error.
+pub fn load<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))
+}

@@ -1,0 +1,416 @@
+//! Configuration: one validated struct per program, built from the config file, the
+//! flags and the environment (flags win, then `PIPE_TOKEN`, then the file).
+//!
+//! Owns parsing and validation and every default; it does not open sockets or files
+//! other than the config file itself.
+
+pub mod cli;
+pub mod file;
+mod values;
+
+pub use values::{valid_subdomain, Endpoint, ForwardSpec, PortSet, Rate, DEFAULT_LOCAL_HOST};
+
+use crate::auth::Token;
+use crate::protocol::Proto;
+use cli::{LogArgs, LogFormat, PipecRunArgs, PipedArgs};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default control port.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8910";
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
+/// SPEC: a connection that has not logged in within 10 s is dropped.
+pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Tunnels one client may hold: generous for real use, small enough that per-tunnel
+/// metric labels stay bounded.
+pub const DEFAULT_MAX_TUNNELS: usize = 64;
+/// Streams per session. 10,000 idle tunnelled connections must fit with room to spare;
+/// the worst-case buffered memory is this × yamux's 256 KiB initial window.
+pub const DEFAULT_MAX_STREAMS: usize = 16_384;
+/// Connections per tunnel; by default the session's stream cap is the binding one.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// Unauthenticated connections held at once, across all peers.
+pub const DEFAULT_MAX_PENDING: usize = 1024;
+pub const DEFAULT_UDP_MAX_PEERS: usize = 1024;
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest pause between reconnect attempts: short enough that a restarted server has
+/// its clients back within about two seconds.
+pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(2);
+pub const DEFAULT_CADDY_SERVER: &str = "srv0";
+
+/// A bad command line or config file (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl From<String> for ConfigError {
+    fn from(s: String) -> Self {
+        ConfigError(s)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// -2 (errors) … 0 (info) … 2 (trace).
+    pub level: i8,
+}
+
+impl LogConfig {
+    /// Logging from flags alone (for `pipec relay`, which reads no config file).
+    pub fn from_args(args: &LogArgs) -> Self {
+        LogConfig::new(args, None).unwrap_or(LogConfig {
+            format: LogFormat::Text,
+            level: 0,
+        })
+    }
+
+    fn new(args: &LogArgs, file_format: Option<&str>) -> Result<Self, ConfigError> {
+        let format = match (args.log_format, file_format) {
+            (Some(f), _) => f,
+            (None, None | Some("text")) => LogFormat::Text,
+            (None, Some("json")) => LogFormat::Json,
+            (None, Some(f)) => return Err(format!("invalid log-format {f:?}: text or json").into()),
+        };
+        Ok(LogConfig {
+            format,
+            level: args.verbose as i8 - args.quiet as i8,
+        })
+    }
+}
+
+/// `PORT` means all interfaces.
+///
+/// ```
+/// assert_eq!(pipe::config::listen_addr("9000"), "0.0.0.0:9000");
+/// assert_eq!(pipe::config::listen_addr("127.0.0.1:0"), "127.0.0.1:0");
+/// ```
+pub fn listen_addr(s: &str) -> String {
+    if s.parse::<u16>().is_ok() {
+        format!("0.0.0.0:{s}")
+    } else {
+        s.to_string()
+    }
+}
+
+fn positive(name: &str, v: usize) -> Result<usize, ConfigError> {
+    if v == 0 {
+        return Err(format!("{name} must be at least 1").into());
+    }
+    Ok(v)
+}
+
+fn heartbeats(interval: Duration, timeout: Duration) -> Result<(Duration, Duration), ConfigError> {
+    if interval.is_zero() || timeout <= interval {
+        return Err(format!(
+            "heartbeat-timeout ({}) must be longer than heartbeat-interval ({})",
+            humantime::format_duration(timeout),
+            humantime::format_duration(interval)
+        )
+        .into());
+    }
+    Ok((interval, timeout))
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub token: Option<Token>,
+    pub bind_addr: IpAddr,
+    pub ports: PortSet,
+    pub max_tunnels: usize,
+    pub max_streams: usize,
+    pub max_pending: usize,
+    pub max_connections: usize,
+    pub udp_max_peers: usize,
+    pub udp_idle_timeout: Duration,
+    pub admin: Option<String>,
+    pub admin_token: Option<Token>,
+    pub domain: Option<String>,
+    pub caddy_admin: Option<String>,
+    pub caddy_server: String,
+    pub caddy_tls_policy: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub speed_limit: Option<u64>,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub login_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub log: LogConfig,
+}
+
+impl ServerConfig {
+    /// Defaults for everything: an open server on 127.0.0.1 with ephemeral ports (tests).
+    pub fn for_tests() -> Self {
+        ServerConfig::from_args(PipedArgs::parse_from_for_tests(["piped"]))
+            .unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
+    }
+
+    pub fn from_args(a: PipedArgs) -> Result<Self, ConfigError> {
+        let f: file::ServerFile = match &a.config {
+            Some(p) => file::load(p)?,
+            None => Default::default(),
+        };
+        let bind_addr = a
+            .bind_addr
+            .or(f.bind_addr)
+            .unwrap_or_else(|| "0.0.0.0".into());
+        let bind_addr: IpAddr = bind_addr
+            .parse()
+            .map_err(|_| format!("invalid bind-addr {bind_addr:?}: expected an IP address"))?;
+        let (heartbeat_interval, heartbeat_timeout) = heartbeats(
+            a.heartbeat_interval
+                .or(f.heartbeat_interval)
+                .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL),
+            a.heartbeat_timeout
+                .or(f.heartbeat_timeout)
+                .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT),
+        )?;
+        let tls_cert = a.tls_cert.or(f.tls_cert);
+        let tls_key = a.tls_key.or(f.tls_key);
+        if tls_cert.is_some() != tls_key.is_some() {
+            return Err("tls-cert and tls-key go together".to_string().into());
+        }
+        let domain = a
+            .domain
+            .or(f.domain)
+            .map(|d| d.trim_matches('.').to_ascii_lowercase());
+        let caddy_admin = a.caddy_admin.or(f.caddy_admin);
+        if domain.is_some() != caddy_admin.is_some() {
+            return Err("domain and caddy-admin go together".to_string().into());
+        }
+        let cfg = ServerConfig {
+            listen: listen_addr(
+                &a.listen
+                    .or(f.listen)
+                    .unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            ),
+            token: a
+                .token
+                .or(f.token)
+                .filter(|t| !t.is_empty())
+                .map(Token::new),
+            bind_addr,
+            ports: a.ports.or(f.ports).unwrap_or_default(),
+            max_tunnels: positive(
+                "max-tunnels",
+                a.max_tunnels
+                    .or(f.max_tunnels)
+                    .unwrap_or(DEFAULT_MAX_TUNNELS),
+            )?,
+            max_streams: positive(
+                "max-streams",
+                a.max_streams
+                    .or(f.max_streams)
+                    .unwrap_or(DEFAULT_MAX_STREAMS),
+            )?,
+            max_pending: positive(
+                "max-pending",
+                a.max_pending
+                    .or(f.max_pending)
+                    .unwrap_or(DEFAULT_MAX_PENDING),
+            )?,
+            max_connections: positive(
+                "max-connections",
+                a.max_connections
+                    .or(f.max_connections)
+                    .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            )?,
+            udp_max_peers: positive(
+                "udp-max-peers",
+                a.udp_max_peers
+                    .or(f.udp_max_peers)
+                    .unwrap_or(DEFAULT_UDP_MAX_PEERS),
+            )?,
+            udp_idle_timeout: a
+                .udp_idle_timeout
+                .or(f.udp_idle_timeout)
+                .unwrap_or(DEFAULT_UDP_IDLE_TIMEOUT),
+            admin: a.admin.or(f.admin).map(|s| listen_addr(&s)),
+            admin_token: a
+                .admin_token
+                .or(f.admin_token)
+                .filter(|t| !t.is_empty())
+                .map(Token::new),
+            domain,
+            caddy_admin,
+            caddy_server: a
+                .caddy_server
+                .or(f.caddy_server)
+                .unwrap_or_else(|| DEFAULT_CADDY_SERVER.into()),
+            caddy_tls_policy: a.caddy_tls_policy || f.caddy_tls_policy.unwrap_or(false),
+            tls_cert,
+            tls_key,
+            speed_limit: a.speed_limit.or(f.speed_limit).map(|r| r.0),
+            heartbeat_interval,
+            heartbeat_timeout,
+            login_timeout: a
+                .login_timeout
+                .or(f.login_timeout)
+                .unwrap_or(DEFAULT_LOGIN_TIMEOUT),
+            drain_timeout: a
+                .drain_timeout
+                .or(f.drain_timeout)
+                .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+            log: LogConfig::new(&a.log, f.log_format.as_deref())?,
+        };
+        if cfg.max_streams > crate::transport::mux::MAX_STREAMS_LIMIT {
+            return Err(format!(
+                "max-streams must be at most {}",
+                crate::transport::mux::MAX_STREAMS_LIMIT
+            )
+            .into());
+        }
+        Ok(cfg)
+    }
+}
+
+impl PipedArgs {
+    /// Parses an argument list with the environment ignored (for tests and defaults).
+    pub fn parse_from_for_tests<I, T>(args: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::Parser;
+        let mut a = PipedArgs::parse_from(args);
+        a.token = None;
+        a.admin_token = None;
+        a
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `HOST:PORT` of the server's control listener.
+    pub server: String,
+    /// The host part of `server`, used in the printed public addresses.
+    pub server_host: String,
+    pub token: Option<Token>,
+    pub forwards: Vec<ForwardSpec>,
+    pub tls: bool,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_server_name: Option<String>,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub reconnect_max: Duration,
+    pub udp_idle_timeout: Duration,
+    pub udp_max_peers: usize,
+    pub log: LogConfig,
+}
+
+/// Splits `HOST:PORT` (IPv6 in brackets) and returns the host.
+///
+/// ```
+/// assert_eq!(pipe::config::host_of("example.com:8910").unwrap(), "example.com");
+/// assert_eq!(pipe::config::host_of("[::1]:8910").unwrap(), "[::1]");
+/// assert!(pipe::config::host_of("example.com").is_err());
+/// ```
+pub fn host_of(server: &str) -> Result<String, ConfigError> {
+    match server.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => Ok(h.to_string()),
+        _ => Err(format!("invalid server {server:?}: expected HOST:PORT").into()),
+    }
+}
+
+impl ClientConfig {
+    pub fn from_args(a: PipecRunArgs, log: &LogArgs) -> Result<Self, ConfigError> {
+        let f: file::ClientFile = match &a.config {
+            Some(p) => file::load(p)?,
+            None => Default::default(),
+        };
+        let server = a.server.or(f.server).ok_or_else(|| {
+            "missing --server HOST:PORT (or `server` in the config file)".to_string()
+        })?;
+        let server_host = host_of(&server)?;
+        let client_limit = a.speed_limit.or(f.speed_limit).map(|r| r.0);
+        let mut forwards = a.forwards;
+        if forwards.is_empty() {
+            for t in f.forward {
+                forwards.push(forward_from_table(t)?);
+            }
+        }
+        if forwards.is_empty() {
+            return Err(
+                "no forwards: give --forward SPEC (or [[forward]] tables in the config file)"
+                    .to_string()
+                    .into(),
+            );
+        }
+        for fw in &mut forwards {
+            fw.speed_limit = fw.speed_limit.or(client_limit);
+        }
+        let (heartbeat_interval, heartbeat_timeout) = heartbeats(
+            a.heartbeat_interval
+                .or(f.heartbeat_interval)
+                .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL),
+            a.heartbeat_timeout
+                .or(f.heartbeat_timeout)
+                .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT),
+        )?;
+        let tls_ca = a.tls_ca.or(f.tls_ca);
+        Ok(ClientConfig {
+            server,
+            server_host,
+            token: a
+                .token
+                .or(f.token)
+                .filter(|t| !t.is_empty())
+                .map(Token::new),
+            forwards,
+            tls: a.tls || f.tls.unwrap_or(false) || tls_ca.is_some(),
+            tls_ca,
+            tls_server_name: a.tls_server_name.or(f.tls_server_name),
+            heartbeat_interval,
+            heartbeat_timeout,
+            reconnect_max: a
+                .reconnect_max
+                .or(f.reconnect_max)
+                .unwrap_or(DEFAULT_RECONNECT_MAX),
+            udp_idle_timeout: a
+                .udp_idle_timeout
+                .or(f.udp_idle_timeout)
+                .unwrap_or(DEFAULT_UDP_IDLE_TIMEOUT),
+            udp_max_peers: positive(
+                "udp-max-peers",
+                a.udp_max_peers
+                    .or(f.udp_max_peers)
+                    .unwrap_or(DEFAULT_UDP_MAX_PEERS),
+            )?,
+            log: LogConfig::new(log, f.log_format.as_deref())?,
+        })
+    }
+
+    /// A client config for `server` with the given forwards and all defaults.
+    pub fn new(server: &str, forwards: Vec<ForwardSpec>) -> Result<Self, ConfigError> {
+        use clap::Parser;
+        let mut args = cli::PipecArgs::parse_from(["pipec"]);
+        args.run.token = None;
+        args.run.server = Some(server.to_string());
+        args.run.forwards = forwards;
+        ClientConfig::from_args(args.run, &args.log)
+    }
+}
+
+fn forward_from_table(t: file::ForwardTable) -> Result<ForwardSpec, ConfigError> {
+    let proto = match t.proto.as_str() {
+        "tcp" => Proto::Tcp,
+        "udp" => Proto::Udp,
+        "http" => Proto::Http,
+        p => return Err(format!("[[forward]]: unknown proto {p:?} (tcp, udp or http)").into()),
+    };
+    let f = ForwardSpec {
+        proto,
+        local_host: t.local_host.unwrap_or_else(|| DEFAULT_LOCAL_HOST.into()),
+        local_port: t.local_port,
+        remote_port: t.remote_port,
+        subdomain: t.subdomain,
+        speed_limit: t.speed_limit.map(|r| r.0),
+    };
+    f.validate()?;
+    Ok(f)
+}

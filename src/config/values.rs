@@ -1,0 +1,383 @@
+//! Parsers for the value types of flags and config keys: rates, port sets, forward
+//! specs and relay endpoints. Pure functions, each with its own doc-test.
+
+use crate::protocol::Proto;
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// A byte rate in bytes per second.
+///
+/// ```
+/// use pipe::config::Rate;
+/// assert_eq!("500KiB".parse::<Rate>().unwrap().0, 512_000);
+/// assert_eq!("10MB".parse::<Rate>().unwrap().0, 10_000_000);
+/// assert_eq!("1GiB/s".parse::<Rate>().unwrap().0, 1 << 30);
+/// assert_eq!("4096".parse::<Rate>().unwrap().0, 4096);
+/// assert!("fast".parse::<Rate>().is_err());
+/// assert!("0".parse::<Rate>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate(pub u64);
+
+impl FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let t = t.strip_suffix("/s").unwrap_or(t);
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid rate {s:?}: expected e.g. 500KiB, 10MB, 1GiB"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "K" | "KB" | "k" | "kB" => 1_000,
+            "KiB" => 1 << 10,
+            "M" | "MB" => 1_000_000,
+            "MiB" => 1 << 20,
+            "G" | "GB" => 1_000_000_000,
+            "GiB" => 1 << 30,
+            u => return Err(format!("invalid rate {s:?}: unknown unit {u:?}")),
+        };
+        match n.checked_mul(mult) {
+            Some(0) => Err(format!("invalid rate {s:?}: must be above zero")),
+            Some(v) => Ok(Rate(v)),
+            None => Err(format!("invalid rate {s:?}: too large")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(0) => Err(serde::de::Error::custom("rate must be above zero")),
+            Raw::N(n) => Ok(Rate(n)),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A set of ports, as `9000-9100,10000`.
+///
+/// ```
+/// use pipe::config::PortSet;
+/// let p: PortSet = "9000-9002,10000".parse().unwrap();
+/// assert!(p.contains(9001) && p.contains(10000) && !p.contains(9003));
+/// assert_eq!(p.len(), 4);
+/// assert!("9002-9000".parse::<PortSet>().is_err());
+/// assert!("0-10".parse::<PortSet>().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSet(Vec<RangeInclusive<u16>>);
+
+impl PortSet {
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.iter().any(|r| r.contains(&port))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.iter().map(|r| r.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `i`-th port of the set, in the order written.
+    pub fn nth(&self, mut i: usize) -> Option<u16> {
+        for r in &self.0 {
+            if i < r.len() {
+                return Some(*r.start() + i as u16);
+            }
+            i -= r.len();
+        }
+        None
+    }
+}
+
+impl Default for PortSet {
+    fn default() -> Self {
+        PortSet(vec![1024..=65535])
+    }
+}
+
+impl FromStr for PortSet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut ranges = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            let a: u16 = a
+                .trim()
+                .parse()
+                .map_err(|_| format!("invalid port {a:?} in {s:?}"))?;
+            let b: u16 = b
+                .trim()
+                .parse()
+                .map_err(|_| format!("invalid port {b:?} in {s:?}"))?;
+            if a == 0 || a > b {
+                return Err(format!("invalid port range {part:?}"));
+            }
+            ranges.push(a..=b);
+        }
+        if ranges.is_empty() {
+            return Err("empty port list".into());
+        }
+        Ok(PortSet(ranges))
+    }
+}
+
+impl<'de> Deserialize<'de> for PortSet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a client asks to forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardSpec {
+    pub proto: Proto,
+    pub local_host: String,
+    pub local_port: u16,
+    /// Public port; 0 lets the server pick. Unused for `Http`.
+    pub remote_port: u16,
+    /// `Http` only: the wanted subdomain.
+    pub subdomain: Option<String>,
+    /// Per-forward rate limit (overrides the client-wide one).
+    pub speed_limit: Option<u64>,
+}
+
+pub const DEFAULT_LOCAL_HOST: &str = "localhost";
+
+impl ForwardSpec {
+    /// `HOST:PORT` of the local service, brackets around IPv6.
+    pub fn local(&self) -> String {
+        if self.local_host.contains(':') {
+            format!("[{}]:{}", self.local_host, self.local_port)
+        } else {
+            format!("{}:{}", self.local_host, self.local_port)
+        }
+    }
+}
+
+fn parse_port(s: &str, what: &str, spec: &str) -> Result<u16, String> {
+    s.parse()
+        .map_err(|_| format!("invalid {what} {s:?} in forward {spec:?}"))
+}
+
+/// Splits `a:b:[v6]:c` into parts, keeping bracketed IPv6 hosts whole.
+fn split_parts(s: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut cur = String::new();
+    let mut depth = 0;
+    for c in s.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ':' if depth == 0 => {
+                parts.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    parts.push(cur);
+    parts
+}
+
+fn unbracket(h: &str) -> String {
+    h.trim_start_matches('[').trim_end_matches(']').to_string()
+}
+
+/// Checks a subdomain: a DNS label of `[a-z0-9-]{1,63}`, not starting or ending with `-`.
+///
+/// ```
+/// use pipe::config::valid_subdomain;
+/// assert!(valid_subdomain("my-app1"));
+/// assert!(!valid_subdomain("My.App") && !valid_subdomain("-x") && !valid_subdomain(""));
+/// assert!(!valid_subdomain(&"a".repeat(64)));
+/// ```
+pub fn valid_subdomain(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Parses `PROTO:[LOCAL_HOST:]LOCAL_PORT:REMOTE_PORT` or
+/// `http:[LOCAL_HOST:]LOCAL_PORT[:SUBDOMAIN]`.
+///
+/// ```
+/// use pipe::config::ForwardSpec;
+/// use pipe::protocol::Proto;
+/// let f: ForwardSpec = "tcp:3000:9000".parse().unwrap();
+/// assert_eq!((f.proto, f.local_host.as_str(), f.local_port, f.remote_port), (Proto::Tcp, "localhost", 3000, 9000));
+/// let f: ForwardSpec = "udp:127.0.0.1:53:5353".parse().unwrap();
+/// assert_eq!((f.local_host.as_str(), f.local_port, f.remote_port), ("127.0.0.1", 53, 5353));
+/// let f: ForwardSpec = "tcp:[::1]:22:0".parse().unwrap();
+/// assert_eq!((f.local_host.as_str(), f.remote_port), ("::1", 0));
+/// let f: ForwardSpec = "http:3000:myapp".parse().unwrap();
+/// assert_eq!((f.local_port, f.subdomain.as_deref()), (3000, Some("myapp")));
+/// let f: ForwardSpec = "http:127.0.0.1:8080".parse().unwrap();
+/// assert_eq!((f.local_host.as_str(), f.subdomain), ("127.0.0.1", None));
+/// assert!("tcp:3000".parse::<ForwardSpec>().is_err());
+/// assert!("sctp:1:2".parse::<ForwardSpec>().is_err());
+/// assert!("http:3000:Bad_Name".parse::<ForwardSpec>().is_err());
+/// ```
+impl FromStr for ForwardSpec {
+    type Err = String;
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let (proto, rest) = spec.split_once(':').ok_or_else(|| {
+            format!("invalid forward {spec:?}: expected PROTO:[HOST:]LOCAL:REMOTE")
+        })?;
+        let proto = match proto {
+            "tcp" => Proto::Tcp,
+            "udp" => Proto::Udp,
+            "http" => Proto::Http,
+            p => {
+                return Err(format!(
+                    "invalid forward {spec:?}: unknown protocol {p:?} (tcp, udp or http)"
+                ))
+            }
+        };
+        let parts = split_parts(rest);
+        let mut f = ForwardSpec {
+            proto,
+            local_host: DEFAULT_LOCAL_HOST.into(),
+            local_port: 0,
+            remote_port: 0,
+            subdomain: None,
+            speed_limit: None,
+        };
+        if proto == Proto::Http {
+            let is_port = |s: &str| s.parse::<u16>().is_ok();
+            match parts.as_slice() {
+                [p] => f.local_port = parse_port(p, "local port", spec)?,
+                [a, b] if is_port(a) => {
+                    f.local_port = parse_port(a, "local port", spec)?;
+                    f.subdomain = Some(b.clone());
+                }
+                [h, p] => {
+                    f.local_host = unbracket(h);
+                    f.local_port = parse_port(p, "local port", spec)?;
+                }
+                [h, p, s] => {
+                    f.local_host = unbracket(h);
+                    f.local_port = parse_port(p, "local port", spec)?;
+                    f.subdomain = Some(s.clone());
+                }
+                _ => {
+                    return Err(format!(
+                        "invalid forward {spec:?}: expected http:[HOST:]LOCAL_PORT[:SUBDOMAIN]"
+                    ))
+                }
+            }
+        } else {
+            match parts.as_slice() {
+                [l, r] => {
+                    f.local_port = parse_port(l, "local port", spec)?;
+                    f.remote_port = parse_port(r, "remote port", spec)?;
+                }
+                [h, l, r] => {
+                    f.local_host = unbracket(h);
+                    f.local_port = parse_port(l, "local port", spec)?;
+                    f.remote_port = parse_port(r, "remote port", spec)?;
+                }
+                _ => {
+                    return Err(format!(
+                        "invalid forward {spec:?}: expected {proto}:[HOST:]LOCAL_PORT:REMOTE_PORT"
+                    ))
+                }
+            }
+        }
+        f.validate()?;
+        Ok(f)
+    }
+}
+
+impl ForwardSpec {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.local_port == 0 {
+            return Err(format!(
+                "forward to {}: local port must not be 0",
+                self.local()
+            ));
+        }
+        if self.local_host.is_empty() {
+            return Err("forward: local host is empty".into());
+        }
+        if let Some(s) = &self.subdomain {
+            if !valid_subdomain(s) {
+                return Err(format!(
+                    "invalid subdomain {s:?}: use 1-63 of a-z, 0-9 and '-' (not at either end)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One side of `pipec relay`.
+///
+/// ```
+/// use pipe::config::Endpoint;
+/// assert_eq!("tcp:9299".parse::<Endpoint>().unwrap(), Endpoint::Tcp { host: "127.0.0.1".into(), port: 9299 });
+/// assert_eq!("tcp:agent:9299".parse::<Endpoint>().unwrap(), Endpoint::Tcp { host: "agent".into(), port: 9299 });
+/// assert_eq!("unix:/tmp/x.sock".parse::<Endpoint>().unwrap(), Endpoint::Unix("/tmp/x.sock".into()));
+/// assert!("udp:1".parse::<Endpoint>().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp { host: String, port: u16 },
+    Unix(PathBuf),
+}
+
+impl FromStr for Endpoint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(format!("invalid endpoint {s:?}: empty path"));
+            }
+            return Ok(Endpoint::Unix(path.into()));
+        }
+        let Some(rest) = s.strip_prefix("tcp:") else {
+            return Err(format!(
+                "invalid endpoint {s:?}: expected tcp:PORT, tcp:HOST:PORT or unix:PATH"
+            ));
+        };
+        let parts = split_parts(rest);
+        let (host, port) = match parts.as_slice() {
+            [p] => ("127.0.0.1".to_string(), p),
+            [h, p] => (unbracket(h), p),
+            _ => return Err(format!("invalid endpoint {s:?}")),
+        };
+        let port = port
+            .parse()
+            .map_err(|_| format!("invalid port in endpoint {s:?}"))?;
+        Ok(Endpoint::Tcp { host, port })
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp { host, port } if host.contains(':') => write!(f, "tcp:[{host}]:{port}"),
+            Endpoint::Tcp { host, port } => write!(f, "tcp:{host}:{port}"),
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}

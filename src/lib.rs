@@ -1,0 +1,21 @@
+//! `pipe`: expose a port on a machine nobody can reach as a port on a public server,
+//! over one multiplexed (yamux) connection. See `docs/PROTOCOL.md` for the wire format
+//! and the README for usage.
+//!
+//! Layers: `protocol` (messages and framing), `transport` (sockets, yamux, splice),
+//! `server` and `client` (the two programs' logic), `relay` (local socat-style
+//! forwarding), `auth`, `limit`, `config`, `logging`.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod limit;
+pub mod logging;
+pub mod protocol;
+pub mod relay;
+pub mod server;
+pub mod signals;
+pub mod transport;
+
+/// `--version` text: the software version and the wire protocol version.
+pub const VERSION_LINE: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol v1)");

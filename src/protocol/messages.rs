@@ -1,0 +1,132 @@
+//! Control-stream and data-stream message types.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+
+/// Length of the login nonce and of the HMAC-SHA256 tag.
+pub const NONCE_LEN: usize = 32;
+/// Length of the random id a `pipec` process keeps across reconnects.
+pub const CLIENT_ID_LEN: usize = 16;
+
+/// The first frame a client sends on the control stream.
+///
+/// Its first two fields are frozen across protocol versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub magic: [u8; 4],
+    pub version: u16,
+    /// The client's software version, for the operator's eyes only.
+    pub software: String,
+}
+
+/// The server's answer to `Hello`: its version and a fresh login challenge.
+///
+/// Its first field is frozen across protocol versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerHello {
+    pub version: u16,
+    pub nonce: [u8; NONCE_LEN],
+    /// Set when the server refuses the connection before login (version mismatch).
+    pub refusal: Option<String>,
+}
+
+/// Transport protocol of a forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    /// HTTPS through the server's Caddy: a TCP forward published as a subdomain.
+    Http,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Http => "http",
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A forward the client asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardRequest {
+    /// Client-chosen id, unique within the client; echoed in every answer and in the
+    /// header of each data stream.
+    pub id: u32,
+    pub proto: Proto,
+    /// Public port; 0 lets the server choose. Ignored for `Http`.
+    pub remote_port: u16,
+    /// For `Http`: the wanted subdomain, or `None` for a random one.
+    pub subdomain: Option<String>,
+    /// Bytes per second per direction the client wants this tunnel limited to.
+    pub speed_limit: Option<u64>,
+    /// Human-readable local target (`localhost:3000`), shown on the admin page.
+    pub local: String,
+}
+
+/// Messages the client sends on the control stream after `Hello`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMsg {
+    Login {
+        /// Random id kept for the life of the `pipec` process; lets a reconnecting
+        /// client take over the ports of its own previous session.
+        client_id: [u8; CLIENT_ID_LEN],
+        /// HMAC-SHA256(token, nonce || client_id); all zeros on an open server.
+        mac: [u8; NONCE_LEN],
+    },
+    Forward(ForwardRequest),
+    /// Stop a forward; the server frees its port.
+    Cancel {
+        id: u32,
+    },
+    Heartbeat,
+}
+
+/// Messages the server sends on the control stream after `ServerHello`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMsg {
+    LoginOk {
+        session_id: u64,
+    },
+    LoginRefused {
+        reason: String,
+    },
+    ForwardOk {
+        id: u32,
+        /// The public port, or 0 for `Http`.
+        remote_port: u16,
+        /// For `Http`: the public URL (`https://sub.example.com`).
+        url: Option<String>,
+    },
+    ForwardRefused {
+        id: u32,
+        reason: String,
+    },
+    /// The server closed a forward (operator action); the client must not re-register it.
+    Closed {
+        id: u32,
+        reason: String,
+    },
+    Heartbeat,
+}
+
+/// First frame of every data stream the server opens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamHeader {
+    pub forward_id: u32,
+    /// The public visitor (TCP) or `None` for the UDP stream of a forward.
+    pub visitor: Option<SocketAddr>,
+}
+
+/// The one byte a client writes on a new TCP data stream once the local dial
+/// succeeded. A stream closed without it means the dial failed.
+pub const STREAM_CONNECTED: u8 = 1;

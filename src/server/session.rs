@@ -1,0 +1,347 @@
+//! One client session: the login under a timeout, then the control loop that opens
+//! and closes tunnels, exchanges heartbeats, and releases everything at the end.
+
+use super::state::{SessionEvent, SessionInfo, TunnelInfo, TunnelStats};
+use super::{tcp as tcp_tunnel, Ctx};
+use crate::auth::{server_handshake, ClientLogin, LoginError};
+use crate::limit::{lower_limit, RateLimiter};
+use crate::protocol::{
+    ClientMsg, CodecError, ForwardRequest, MessageStream, Proto, ServerMsg, MAX_CONTROL_FRAME,
+};
+use crate::transport::mux::{self, Mode};
+use crate::transport::{Mux, MuxStream};
+use futures::io::{AsyncRead, AsyncWrite};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+/// Streams beyond the visitor cap: the control stream and one per UDP forward.
+const STREAM_HEADROOM: usize = 8;
+/// How long a closing session may take to flush its last frames.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a new session waits for the old session of the same client to let go.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// Serves one accepted control connection from login to teardown.
+pub async fn serve<IO>(ctx: Arc<Ctx>, io: IO, peer: SocketAddr, permit: OwnedSemaphorePermit)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let cfg = &ctx.state.config;
+    let stop = ctx.kill.child_token();
+    let (first_tx, first_rx) = oneshot::channel::<MuxStream>();
+    let mut first_tx = Some(first_tx);
+    let on_inbound = move |s: MuxStream| match first_tx.take() {
+        Some(tx) => {
+            let _ = tx.send(s);
+        }
+        // Only the control stream may be opened by the client; others are dropped (reset).
+        None => debug!("client opened an extra stream; refused"),
+    };
+    let ycfg = mux::config(cfg.max_streams + cfg.max_tunnels + STREAM_HEADROOM);
+    let (mux, driver) = mux::start(io, ycfg, Mode::Server, on_inbound, stop.clone());
+    let mut driver = mux::DriverTask::spawn(driver);
+
+    let token = cfg.token.clone();
+    let login = async {
+        let stream = first_rx
+            .await
+            .map_err(|_| LoginError::Codec(CodecError::Closed))?;
+        let mut ctl = MessageStream::new(stream, MAX_CONTROL_FRAME);
+        let who = server_handshake(&mut ctl, token.as_ref()).await;
+        Ok::<_, LoginError>((ctl, who))
+    };
+    let (mut ctl, who) = match timeout(cfg.login_timeout, login).await {
+        Err(_) => {
+            debug!("no login within the login timeout; dropped");
+            return;
+        }
+        Ok(Err(e)) => {
+            debug!(error = %e, "connection ended before login");
+            return;
+        }
+        Ok(Ok((mut ctl, Err(e)))) => {
+            if matches!(e, LoginError::BadToken) {
+                ctx.state
+                    .stats
+                    .auth_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            info!(error = %e, "login refused");
+            // Let the refusal reach the client before the connection goes.
+            let _ = timeout(CLOSE_GRACE, ctl.close()).await;
+            stop.cancel();
+            let _ = timeout(CLOSE_GRACE, driver.finished()).await;
+            return;
+        }
+        Ok(Ok((ctl, Ok(who)))) => (ctl, who),
+    };
+
+    let (session, events) = register(&ctx, &who, peer, stop.clone()).await;
+    let span = tracing::info_span!("session", id = session.id);
+    async {
+        if send(
+            &mut ctl,
+            &ServerMsg::LoginOk {
+                session_id: session.id,
+            },
+            cfg.heartbeat_timeout,
+        )
+        .await
+        .is_err()
+        {
+            return;
+        }
+        drop(permit);
+        info!(software = %who.software, "client logged in");
+        let mut s = Session {
+            ctx: ctx.clone(),
+            info: session.clone(),
+            mux,
+            streams: Arc::new(Semaphore::new(cfg.max_streams)),
+            tunnels: HashMap::new(),
+            tasks: TaskTracker::new(),
+        };
+        let reason = s.control_loop(&mut ctl, &mut driver, events).await;
+        info!(reason, "session ended");
+        s.teardown().await;
+        stop.cancel();
+        let _ = timeout(CLOSE_GRACE, driver.finished()).await;
+    }
+    .instrument(span)
+    .await;
+    ctx.state.remove_session(session.id);
+    session.closed.cancel();
+}
+
+/// Registers the session after ending any earlier session of the same client, whose
+/// ports are then free for this one to claim.
+async fn register(
+    ctx: &Ctx,
+    who: &ClientLogin,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) -> (Arc<SessionInfo>, mpsc::UnboundedReceiver<SessionEvent>) {
+    let old = ctx.state.sessions_of_client(&who.client_id, 0);
+    for s in &old {
+        info!(
+            old_session = s.id,
+            "client reconnected; ending its previous session"
+        );
+        s.stop.cancel();
+    }
+    for s in &old {
+        let _ = timeout(TAKEOVER_WAIT, s.closed.cancelled()).await;
+    }
+    let (events, events_rx) = mpsc::unbounded_channel();
+    let info = Arc::new(SessionInfo {
+        id: ctx.state.next_id(),
+        client_id: who.client_id,
+        addr: peer,
+        since: SystemTime::now(),
+        software: who.software.clone(),
+        stop,
+        closed: CancellationToken::new(),
+        events,
+    });
+    ctx.state.add_session(info.clone());
+    (info, events_rx)
+}
+
+async fn send<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    ctl: &mut MessageStream<IO>,
+    msg: &ServerMsg,
+    bound: Duration,
+) -> Result<(), ()> {
+    match timeout(bound, ctl.send(msg)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+struct Session {
+    ctx: Arc<Ctx>,
+    info: Arc<SessionInfo>,
+    mux: Mux,
+    streams: Arc<Semaphore>,
+    tunnels: HashMap<u32, Arc<TunnelInfo>>,
+    tasks: TaskTracker,
+}
+
+impl Session {
+    async fn control_loop(
+        &mut self,
+        ctl: &mut MessageStream<MuxStream>,
+        driver: &mut mux::DriverTask,
+        mut events: mpsc::UnboundedReceiver<SessionEvent>,
+    ) -> &'static str {
+        let cfg = &self.ctx.state.config;
+        let (hb_every, hb_timeout) = (cfg.heartbeat_interval, cfg.heartbeat_timeout);
+        let mut tick = tokio::time::interval_at(Instant::now() + hb_every, hb_every);
+        let mut last_seen = Instant::now();
+        loop {
+            tokio::select! {
+                _ = self.info.stop.cancelled() => return "stopped by the server",
+                _ = driver.finished() => return "connection lost",
+                msg = ctl.recv::<ClientMsg>() => {
+                    last_seen = Instant::now();
+                    let reply = match msg {
+                        Ok(ClientMsg::Heartbeat) => continue,
+                        Ok(ClientMsg::Forward(req)) => self.open_forward(req).await,
+                        Ok(ClientMsg::Cancel { id }) => {
+                            if let Some(t) = self.tunnels.remove(&id) {
+                                info!(forward = id, port = t.port, "client cancelled the forward");
+                                t.stop.cancel();
+                            }
+                            continue;
+                        }
+                        Ok(ClientMsg::Login { .. }) => return "protocol violation (second login)",
+                        Err(CodecError::Closed | CodecError::Io(_)) => return "client closed the session",
+                        Err(e) => {
+                            debug!(error = %e, "bad control message");
+                            return "bad control message";
+                        }
+                    };
+                    if send(ctl, &reply, hb_timeout).await.is_err() {
+                        return "control stream stalled";
+                    }
+                }
+                _ = tick.tick() => {
+                    if last_seen.elapsed() >= hb_timeout {
+                        return "heartbeat timeout";
+                    }
+                    if send(ctl, &ServerMsg::Heartbeat, hb_timeout).await.is_err() {
+                        return "control stream stalled";
+                    }
+                }
+                Some(ev) = events.recv() => match ev {
+                    SessionEvent::TunnelClosed { forward_id, reason } => {
+                        self.tunnels.remove(&forward_id);
+                        let msg = ServerMsg::Closed { id: forward_id, reason };
+                        if send(ctl, &msg, hb_timeout).await.is_err() {
+                            return "control stream stalled";
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    async fn open_forward(&mut self, req: ForwardRequest) -> ServerMsg {
+        let id = req.id;
+        self.tunnels.retain(|_, t| !t.stop.is_cancelled());
+        let refuse = |reason: String| {
+            info!(forward = id, %reason, "forward refused");
+            ServerMsg::ForwardRefused { id, reason }
+        };
+        let cfg = &self.ctx.state.config;
+        if self.tunnels.contains_key(&id) {
+            return refuse(format!("forward id {id} is already open"));
+        }
+        if self.tunnels.len() >= cfg.max_tunnels {
+            return refuse(format!(
+                "tunnel limit reached ({} per client)",
+                cfg.max_tunnels
+            ));
+        }
+        let speed_limit = lower_limit(req.speed_limit, cfg.speed_limit);
+        match req.proto {
+            Proto::Tcp => self.open_tcp(req, speed_limit).await.unwrap_or_else(refuse),
+            Proto::Udp | Proto::Http => refuse(format!(
+                "{} forwards are not enabled on this server",
+                req.proto
+            )),
+        }
+    }
+
+    fn new_tunnel(
+        &self,
+        req: &ForwardRequest,
+        port: u16,
+        url: Option<String>,
+        speed_limit: Option<u64>,
+    ) -> Arc<TunnelInfo> {
+        Arc::new(TunnelInfo {
+            id: self.ctx.state.next_id(),
+            session_id: self.info.id,
+            forward_id: req.id,
+            proto: req.proto,
+            port,
+            url,
+            local: req.local.chars().take(256).collect(),
+            since: SystemTime::now(),
+            speed_limit,
+            stats: TunnelStats::default(),
+            stop: self.info.stop.child_token(),
+        })
+    }
+
+    async fn open_tcp(
+        &mut self,
+        req: ForwardRequest,
+        speed_limit: Option<u64>,
+    ) -> Result<ServerMsg, String> {
+        let state = &self.ctx.state;
+        let bind_ip = state.config.bind_addr;
+        let (listener, port) = super::ports::claim(state, false, req.remote_port, |p| {
+            tokio::net::TcpListener::bind((bind_ip, p))
+        })
+        .await?;
+        let tunnel = self.new_tunnel(&req, port, None, speed_limit);
+        self.start_tcp_tunnel(listener, tunnel.clone(), None);
+        Ok(ServerMsg::ForwardOk {
+            id: req.id,
+            remote_port: port,
+            url: None,
+        })
+    }
+
+    /// Records a bound TCP tunnel and starts its accept loop.
+    fn start_tcp_tunnel(
+        &mut self,
+        listener: tokio::net::TcpListener,
+        tunnel: Arc<TunnelInfo>,
+        subdomain: Option<&str>,
+    ) {
+        let state = self.ctx.state.clone();
+        state.add_tunnel(tunnel.clone(), subdomain);
+        self.tunnels.insert(tunnel.forward_id, tunnel.clone());
+        info!(forward = tunnel.forward_id, proto = %tunnel.proto, port = tunnel.port, "tunnel open");
+        let limits = tunnel
+            .speed_limit
+            .map(|r| (Arc::new(RateLimiter::new(r)), Arc::new(RateLimiter::new(r))));
+        let t = Arc::new(tcp_tunnel::TunnelCtx {
+            ctx: self.ctx.clone(),
+            tunnel: tunnel.clone(),
+            mux: self.mux.clone(),
+            streams: self.streams.clone(),
+            limits,
+        });
+        let span = tracing::info_span!("tunnel", proto = %tunnel.proto, port = tunnel.port);
+        self.tasks.spawn(
+            async move {
+                tcp_tunnel::accept_loop(listener, t).await;
+                state.remove_tunnel(tunnel.id);
+                debug!("tunnel closed");
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Stops every tunnel and waits until their ports are released.
+    async fn teardown(&mut self) {
+        for t in self.tunnels.values() {
+            t.stop.cancel();
+        }
+        self.tasks.close();
+        if timeout(TAKEOVER_WAIT, self.tasks.wait()).await.is_err() {
+            warn!("tunnels did not stop in time");
+        }
+    }
+}

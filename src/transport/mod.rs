@@ -1,0 +1,14 @@
+//! Moving bytes: TCP dial and socket options, the batching layer under yamux, the
+//! yamux driver task, and the half-close-preserving splice.
+//!
+//! Nothing here knows about forwards, logins or the control protocol.
+
+pub mod bufio;
+pub mod mux;
+pub mod splice;
+pub mod tcp;
+pub mod tls;
+
+pub use bufio::BatchIo;
+pub use mux::{Mux, MuxError, MuxStream};
+pub use splice::{splice, SpliceOptions};

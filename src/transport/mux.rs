@@ -1,0 +1,242 @@
+//! The yamux driver: one task owns the `Connection` and polls it continuously.
+//!
+//! Everything else talks to it through `Mux` (open an outbound stream) and receives
+//! inbound streams through the callback given at start. All socket I/O, pings and
+//! window updates happen inside `poll_next_inbound`, so the driver polls it on every
+//! wake-up, also on the side that never expects inbound streams.
+
+use futures::io::{AsyncRead, AsyncWrite};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::task::AbortOnDropHandle;
+
+/// A yamux stream seen through tokio's I/O traits.
+pub type MuxStream = Compat<yamux::Stream>;
+
+pub use yamux::Mode;
+
+/// Each stream's receive window starts at yamux's 256 KiB and auto-tunes upward; the
+/// connection-wide window must cover the initial window of every stream allowed.
+const INITIAL_STREAM_WINDOW: usize = 256 * 1024;
+
+/// yamux's own default stream cap.
+const YAMUX_DEFAULT_STREAMS: usize = 512;
+
+/// Payload bytes per yamux data frame. Frames follow the splice's read size (256 KiB);
+/// a larger split lets one read travel as one frame (fewer headers and system calls).
+const SPLIT_SEND_SIZE: usize = 256 * 1024;
+
+/// Highest stream cap a session may be configured with.
+pub const MAX_STREAMS_LIMIT: usize = 65_536;
+
+/// Queue of "open a stream" requests waiting for the driver.
+const OPEN_QUEUE: usize = 1024;
+
+/// yamux settings for a session that allows `max_streams` concurrent streams.
+pub fn config(max_streams: usize) -> yamux::Config {
+    let mut cfg = yamux::Config::default();
+    let n = max_streams.clamp(1, MAX_STREAMS_LIMIT);
+    // yamux asserts window >= 256 KiB × streams after each setter, so the order
+    // depends on whether the stream count goes up or down from its default.
+    if n > YAMUX_DEFAULT_STREAMS {
+        cfg.set_max_connection_receive_window(Some(n * INITIAL_STREAM_WINDOW));
+        cfg.set_max_num_streams(n);
+    } else {
+        cfg.set_max_num_streams(n);
+        cfg.set_max_connection_receive_window(Some(n * INITIAL_STREAM_WINDOW));
+    }
+    cfg.set_split_send_size(SPLIT_SEND_SIZE);
+    cfg
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MuxError {
+    #[error("session closed")]
+    Closed,
+    #[error("yamux: {0}")]
+    Yamux(#[from] yamux::ConnectionError),
+}
+
+type OpenReply = oneshot::Sender<Result<yamux::Stream, MuxError>>;
+
+/// A handle to a running session driver. Cheap to clone.
+#[derive(Clone)]
+pub struct Mux {
+    open_tx: mpsc::Sender<OpenReply>,
+}
+
+impl Mux {
+    /// Opens an outbound stream. The peer learns of it at the first write, so callers
+    /// write a header frame at once.
+    pub async fn open(&self) -> Result<MuxStream, MuxError> {
+        let (tx, rx) = oneshot::channel();
+        self.open_tx.send(tx).await.map_err(|_| MuxError::Closed)?;
+        match rx.await {
+            Ok(Ok(s)) => Ok(s.compat()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(MuxError::Closed),
+        }
+    }
+}
+
+/// Starts the driver for `io` on the current runtime. `on_inbound` receives each
+/// inbound stream; it must not block (spawn or `try_send`). Cancelling `stop` closes the
+/// session gracefully. The returned future resolves when the session has ended.
+pub fn start<T, F>(
+    io: T,
+    cfg: yamux::Config,
+    mode: Mode,
+    on_inbound: F,
+    stop: CancellationToken,
+) -> (Mux, Driver<T, F>)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: FnMut(MuxStream) + Send + 'static,
+{
+    let (open_tx, open_rx) = mpsc::channel(OPEN_QUEUE);
+    let driver = Driver {
+        conn: yamux::Connection::new(io, cfg, mode),
+        open_rx,
+        pending: VecDeque::new(),
+        on_inbound,
+        stop: Box::pin(stop.cancelled_owned()),
+        closing: false,
+    };
+    (Mux { open_tx }, driver)
+}
+
+/// The session's driver future; spawn it. Resolves with how the session ended.
+pub struct Driver<T, F> {
+    conn: yamux::Connection<T>,
+    open_rx: mpsc::Receiver<OpenReply>,
+    pending: VecDeque<OpenReply>,
+    on_inbound: F,
+    stop: Pin<Box<WaitForCancellationFutureOwned>>,
+    closing: bool,
+}
+
+impl<T, F> Future for Driver<T, F>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(MuxStream) + Unpin,
+{
+    type Output = Result<(), MuxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if !this.closing && this.stop.as_mut().poll(cx).is_ready() {
+            this.closing = true;
+            this.pending.clear();
+            this.open_rx.close();
+        }
+        if this.closing {
+            return this.conn.poll_close(cx).map_err(MuxError::from);
+        }
+        while let Poll::Ready(Some(req)) = this.open_rx.poll_recv(cx) {
+            this.pending.push_back(req);
+        }
+        while !this.pending.is_empty() {
+            match this.conn.poll_new_outbound(cx) {
+                Poll::Ready(result) => {
+                    if let Some(reply) = this.pending.pop_front() {
+                        // A caller that gave up drops the stream, which closes it.
+                        let _ = reply.send(result.map_err(MuxError::from));
+                    }
+                }
+                Poll::Pending => break,
+            }
+        }
+        loop {
+            match this.conn.poll_next_inbound(cx) {
+                Poll::Ready(Some(Ok(stream))) => (this.on_inbound)(stream.compat()),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// A spawned driver whose end can be awaited any number of times.
+pub struct DriverTask {
+    handle: Option<AbortOnDropHandle<Result<(), MuxError>>>,
+}
+
+impl DriverTask {
+    pub fn spawn<D>(driver: D) -> Self
+    where
+        D: Future<Output = Result<(), MuxError>> + Send + 'static,
+    {
+        DriverTask {
+            handle: Some(AbortOnDropHandle::new(tokio::spawn(driver))),
+        }
+    }
+
+    /// Resolves when the session has ended (at once if it already has). Cancel-safe.
+    pub async fn finished(&mut self) {
+        if let Some(h) = &mut self.handle {
+            let _ = h.await;
+            self.handle = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_accepts_every_stream_cap() {
+        for n in [0, 1, 16, 512, 513, 16_384, MAX_STREAMS_LIMIT, usize::MAX] {
+            let _ = config(n);
+        }
+    }
+    use crate::transport::BatchIo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn streams_open_both_ways_and_carry_bytes() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let stop = CancellationToken::new();
+        let (client, cdrv) = start(
+            BatchIo::new(a),
+            config(16),
+            Mode::Client,
+            |_| {},
+            stop.clone(),
+        );
+        let (srv_tx, mut srv_rx) = mpsc::unbounded_channel();
+        let (_server, sdrv) = start(
+            BatchIo::new(b),
+            config(16),
+            Mode::Server,
+            move |s| {
+                let _ = srv_tx.send(s);
+            },
+            stop.clone(),
+        );
+        let c = tokio::spawn(cdrv);
+        let s = tokio::spawn(sdrv);
+        let mut out = client.open().await.unwrap();
+        out.write_all(b"hello").await.unwrap();
+        out.shutdown().await.unwrap();
+        let mut inb = srv_rx.recv().await.unwrap();
+        let mut got = Vec::new();
+        inb.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hello");
+        // Half-closed one way, the other way still works.
+        inb.write_all(b"back").await.unwrap();
+        inb.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        out.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"back");
+        stop.cancel();
+        let _ = c.await.unwrap();
+        let _ = s.await.unwrap();
+    }
+}

@@ -1,0 +1,56 @@
+//! TCP dialling and socket options.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// Idle time before the kernel starts probing a silent control connection. The
+/// application heartbeat detects dead peers much sooner; keepalive only keeps NAT and
+/// firewall state warm under it.
+const CONTROL_KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// Options for every proxied socket: interactive traffic (SSH, ping-pong protocols)
+/// must not wait for Nagle's algorithm.
+pub fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+}
+
+/// Options for the control connection.
+pub fn tune_control(stream: &TcpStream) {
+    tune(stream);
+    let ka = socket2::TcpKeepalive::new().with_time(CONTROL_KEEPALIVE);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&ka);
+}
+
+/// Dials `host:port`, trying every address the name resolves to in turn (so a service
+/// bound only to `::1` or only to `127.0.0.1` is found behind `localhost`, even where
+/// the hosts file maps `localhost` to one of them only).
+pub async fn dial(host: &str, port: u16) -> io::Result<TcpStream> {
+    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    if host.eq_ignore_ascii_case("localhost") {
+        for ip in [
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ] {
+            let a = SocketAddr::new(ip, port);
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+    }
+    let mut last = io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{host} resolves to no address"),
+    );
+    for a in addrs {
+        match TcpStream::connect(a).await {
+            Ok(stream) => {
+                tune(&stream);
+                return Ok(stream);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}

@@ -1,0 +1,110 @@
+//! TLS for the control connection (rustls with the ring provider).
+//!
+//! Owns loading certificates and keys and building acceptors and connectors. The
+//! handshakes themselves run in each connection's task, under the login timeout.
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::path::Path;
+use std::sync::Arc;
+pub use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// The first byte of a TLS record carrying a handshake message (a ClientHello).
+pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// A fatal `handshake_failure` alert: what a plaintext server answers a TLS client,
+/// so the client fails at once with a clear cause instead of retrying.
+pub const PLAINTEXT_SERVER_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28];
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate found in {}", path.display()));
+    }
+    Ok(certs)
+}
+
+/// A TLS acceptor for the server from PEM files.
+pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+    let certs = load_certs(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
+    let cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key do not work together: {e}"))?;
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// A TLS connector that trusts `ca` (PEM) or, without it, the system's roots.
+pub fn connector(ca: Option<&Path>) -> Result<TlsConnector, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            for c in load_certs(path)? {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("bad CA certificate in {}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for c in found.certs {
+                let _ = roots.add(c);
+            }
+            if roots.is_empty() {
+                return Err("no system root certificates found; pass --tls-ca".into());
+            }
+        }
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(cfg)))
+}
+
+/// Parses the name to verify in the server's certificate (a DNS name or an IP).
+pub fn server_name(name: &str) -> Result<ServerName<'static>, String> {
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(name.to_string()).map_err(|_| format!("invalid TLS server name {name:?}"))
+}
+
+/// Explains a failed client handshake in words a user can act on, and says whether
+/// retrying could help (a network blip) or not (trust or protocol mismatch).
+pub fn explain_client_error(e: &std::io::Error) -> (String, bool) {
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+    match inner {
+        Some(rustls::Error::InvalidCertificate(c)) => {
+            let why = match c {
+                rustls::CertificateError::UnknownIssuer => {
+                    "the server's certificate is not signed by a trusted CA (pass --tls-ca?)"
+                        .to_string()
+                }
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. } => {
+                    "the server's certificate does not match its name (see --tls-server-name)"
+                        .to_string()
+                }
+                other => format!("the server's certificate was rejected: {other:?}"),
+            };
+            (why, true)
+        }
+        Some(rustls::Error::AlertReceived(_)) | Some(rustls::Error::InvalidMessage(_)) => (
+            format!("TLS handshake failed ({e}): is the server running without TLS?"),
+            true,
+        ),
+        Some(other) => (format!("TLS handshake failed: {other}"), true),
+        None => (format!("TLS handshake interrupted: {e}"), false),
+    }
+}
