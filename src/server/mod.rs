@@ -5,6 +5,7 @@
 //! token and `run` stops accepting, lets open connections drain up to the configured
 //! deadline, then ends every session.
 
+mod http;
 mod ports;
 mod session;
 pub mod state;

@@ -165,13 +165,13 @@ async fn send<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     }
 }
 
-struct Session {
-    ctx: Arc<Ctx>,
-    info: Arc<SessionInfo>,
-    mux: Mux,
-    streams: Arc<Semaphore>,
-    tunnels: HashMap<u32, Arc<TunnelInfo>>,
-    tasks: TaskTracker,
+pub(super) struct Session {
+    pub ctx: Arc<Ctx>,
+    pub info: Arc<SessionInfo>,
+    pub mux: Mux,
+    pub streams: Arc<Semaphore>,
+    pub tunnels: HashMap<u32, Arc<TunnelInfo>>,
+    pub tasks: TaskTracker,
 }
 
 impl Session {
@@ -253,14 +253,14 @@ impl Session {
         let speed_limit = lower_limit(req.speed_limit, cfg.speed_limit);
         match req.proto {
             Proto::Tcp => self.open_tcp(req, speed_limit).await.unwrap_or_else(refuse),
-            Proto::Udp | Proto::Http => refuse(format!(
-                "{} forwards are not enabled on this server",
-                req.proto
-            )),
+            Proto::Http => super::http::open(self, req, speed_limit)
+                .await
+                .unwrap_or_else(refuse),
+            Proto::Udp => self.open_udp(req, speed_limit).await.unwrap_or_else(refuse),
         }
     }
 
-    fn new_tunnel(
+    pub fn new_tunnel(
         &self,
         req: &ForwardRequest,
         port: u16,
@@ -294,7 +294,7 @@ impl Session {
         })
         .await?;
         let tunnel = self.new_tunnel(&req, port, None, speed_limit);
-        self.start_tcp_tunnel(listener, tunnel.clone(), None);
+        self.start_tcp_tunnel(listener, tunnel, None, None);
         Ok(ServerMsg::ForwardOk {
             id: req.id,
             remote_port: port,
@@ -302,12 +302,22 @@ impl Session {
         })
     }
 
-    /// Records a bound TCP tunnel and starts its accept loop.
-    fn start_tcp_tunnel(
+    async fn open_udp(
+        &mut self,
+        _req: ForwardRequest,
+        _speed_limit: Option<u64>,
+    ) -> Result<ServerMsg, String> {
+        Err("udp forwards are not enabled on this server".into())
+    }
+
+    /// Records a bound TCP tunnel and starts its accept loop. `on_close` runs once the
+    /// tunnel has stopped for any reason and its listener is closed.
+    pub fn start_tcp_tunnel(
         &mut self,
         listener: tokio::net::TcpListener,
         tunnel: Arc<TunnelInfo>,
         subdomain: Option<&str>,
+        on_close: Option<futures::future::BoxFuture<'static, ()>>,
     ) {
         let state = self.ctx.state.clone();
         state.add_tunnel(tunnel.clone(), subdomain);
@@ -328,6 +338,9 @@ impl Session {
             async move {
                 tcp_tunnel::accept_loop(listener, t).await;
                 state.remove_tunnel(tunnel.id);
+                if let Some(f) = on_close {
+                    f.await;
+                }
                 debug!("tunnel closed");
             }
             .instrument(span),
