@@ -23,6 +23,29 @@ impl Token {
     pub fn new(s: impl Into<String>) -> Self {
         Token(s.into())
     }
+
+    /// Constant-time check of a presented secret (the admin's bearer token).
+    ///
+    /// Both sides are MACed first, so neither the content nor the length of the real
+    /// token shows in the time taken.
+    ///
+    /// ```
+    /// use pipe::auth::Token;
+    /// let t = Token::new("s3cret");
+    /// assert!(t.matches("s3cret"));
+    /// assert!(!t.matches("s3cre"));
+    /// assert!(!t.matches(""));
+    /// ```
+    pub fn matches(&self, presented: &str) -> bool {
+        let digest = |s: &str| {
+            let mut mac = <HmacSha256 as KeyInit>::new_from_slice(b"pipe token comparison")
+                .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+            mac.update(s.as_bytes());
+            mac
+        };
+        let want = digest(&self.0).finalize().into_bytes();
+        digest(presented).verify_slice(&want).is_ok()
+    }
 }
 
 impl fmt::Debug for Token {
@@ -167,10 +190,12 @@ pub struct ClientLogin {
 }
 
 /// Server side of the login, up to (not including) the `LoginOk` reply, which the
-/// caller sends once it has registered the session.
+/// caller sends once it has registered the session. With `refusal` set, the client is
+/// turned away with that reason right after its `Hello`.
 pub async fn server_handshake<IO: AsyncRead + AsyncWrite + Unpin>(
     ctl: &mut MessageStream<IO>,
     token: Option<&Token>,
+    refusal: Option<&str>,
 ) -> Result<ClientLogin, LoginError> {
     let hello: Hello = ctl.recv().await.map_err(|e| match e {
         CodecError::Malformed(_) | CodecError::TooLarge { .. } => LoginError::NotPipe,
@@ -180,11 +205,15 @@ pub async fn server_handshake<IO: AsyncRead + AsyncWrite + Unpin>(
         return Err(LoginError::NotPipe);
     }
     let nonce = new_nonce();
-    if hello.version != PROTOCOL_VERSION {
-        let err = LoginError::Version {
+    let refused = if hello.version != PROTOCOL_VERSION {
+        Some(LoginError::Version {
             server: PROTOCOL_VERSION,
             client: hello.version,
-        };
+        })
+    } else {
+        refusal.map(|r| LoginError::Refused(r.to_string()))
+    };
+    if let Some(err) = refused {
         let reply = ServerHello {
             version: PROTOCOL_VERSION,
             nonce,
@@ -242,7 +271,7 @@ mod tests {
         let st = server_token.map(Token::new);
         let ct = client_token.map(Token::new);
         let server = async {
-            let r = server_handshake(&mut s, st.as_ref()).await;
+            let r = server_handshake(&mut s, st.as_ref(), None).await;
             if r.is_ok() {
                 s.send(&ServerMsg::LoginOk { session_id: 42 })
                     .await
@@ -283,7 +312,7 @@ mod tests {
         let token = Token::new("t");
         let captured = sign(&token, &[1; NONCE_LEN], &[9; 16]);
         let (mut c, mut s) = pair();
-        let server = server_handshake(&mut s, Some(&token));
+        let server = server_handshake(&mut s, Some(&token), None);
         let attacker = async {
             c.send(&Hello {
                 magic: MAGIC,
@@ -309,7 +338,7 @@ mod tests {
     #[tokio::test]
     async fn version_mismatch_names_both_versions() {
         let (mut c, mut s) = pair();
-        let server = server_handshake(&mut s, None);
+        let server = server_handshake(&mut s, None, None);
         let client = async {
             c.send(&Hello {
                 magic: MAGIC,
@@ -337,7 +366,7 @@ mod tests {
             a.write_all(b"\x00\x00\x00\x05GET /").await.unwrap();
             a
         };
-        let (r, _a) = tokio::join!(server_handshake(&mut s, None), junk);
+        let (r, _a) = tokio::join!(server_handshake(&mut s, None, None), junk);
         assert!(matches!(r, Err(LoginError::NotPipe)), "{r:?}");
     }
 

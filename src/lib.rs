@@ -4,9 +4,12 @@
 //!
 //! Layers: `protocol` (messages and framing), `transport` (sockets, yamux, splice),
 //! `server` and `client` (the two programs' logic), `relay` (local socat-style
-//! forwarding), `auth`, `limit`, `config`, `logging`.
+//! forwarding), `admin` (dashboard, JSON API, metrics), `caddy` (routes for http
+//! forwards), `auth`, `limit`, `config`, `logging`.
 
+pub mod admin;
 pub mod auth;
+pub mod caddy;
 pub mod client;
 pub mod config;
 pub mod limit;

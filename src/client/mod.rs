@@ -7,6 +7,7 @@
 
 mod session;
 mod stream;
+pub mod udp;
 
 use crate::auth::{new_client_id, LoginError};
 use crate::config::{ClientConfig, ForwardSpec};

@@ -100,8 +100,12 @@ where
     let cfg = ctx.config;
     let stop = CancellationToken::new();
     let routes: Routes = Arc::new(forwards.iter().map(|f| f.spec.clone()).collect());
+    let udp = super::udp::UdpLimits {
+        max_peers: cfg.udp_max_peers,
+        idle: cfg.udp_idle_timeout,
+    };
     let on_inbound = move |s: MuxStream| {
-        tokio::spawn(stream::handle(s, routes.clone()));
+        tokio::spawn(stream::handle(s, routes.clone(), udp));
     };
     let (mux, driver) = mux::start(
         io,

@@ -1,14 +1,16 @@
 //! One data stream opened by the server: read its header, dial the local service,
 //! answer with the status byte, splice.
 
+use super::udp::{self, UdpLimits};
 use crate::config::ForwardSpec;
+use crate::protocol::Proto;
 use crate::protocol::{read_header_frame, StreamHeader, MAX_HEADER_FRAME, STREAM_CONNECTED};
 use crate::transport::{splice, tcp, MuxStream, SpliceOptions};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
-use tracing::{debug, Instrument};
+use tracing::{debug, warn, Instrument};
 
 /// The server writes the header with the stream's first bytes; a stream without one
 /// in this time is abandoned.
@@ -20,7 +22,7 @@ const LOCAL_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Routes: forward id → what it forwards to. Fixed for the life of the process.
 pub(crate) type Routes = Arc<Vec<ForwardSpec>>;
 
-pub(crate) async fn handle(mut stream: MuxStream, routes: Routes) {
+pub(crate) async fn handle(mut stream: MuxStream, routes: Routes, udp: UdpLimits) {
     let header: StreamHeader = match timeout(
         HEADER_TIMEOUT,
         read_header_frame(&mut stream, MAX_HEADER_FRAME),
@@ -34,9 +36,26 @@ pub(crate) async fn handle(mut stream: MuxStream, routes: Routes) {
     let Some(route) = routes.get(header.forward_id as usize) else {
         return debug!(forward = header.forward_id, "stream for an unknown forward");
     };
+    if route.proto == Proto::Udp {
+        let span = tracing::info_span!("udp", forward = header.forward_id);
+        return serve_udp(stream, route, udp).instrument(span).await;
+    }
     let span =
         tracing::debug_span!("stream", forward = header.forward_id, visitor = ?header.visitor);
     connect(stream, route).instrument(span).await
+}
+
+async fn serve_udp(stream: MuxStream, route: &ForwardSpec, limits: UdpLimits) {
+    let target = match udp::resolve(route).await {
+        Ok(t) => t,
+        Err(e) => {
+            return warn!(error = %e, local = %route.local(), "cannot resolve the local udp service")
+        }
+    };
+    match udp::serve(stream, target, limits, udp::new_table(limits)).await {
+        Ok(()) => debug!("udp stream ended"),
+        Err(e) => warn!(error = %e, "udp stream failed"),
+    }
 }
 
 async fn connect(mut stream: MuxStream, route: &ForwardSpec) {

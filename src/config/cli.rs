@@ -58,6 +58,9 @@ pub struct PipedArgs {
     /// Connections that have not logged in yet, across all peers [default: 1024]
     #[arg(long)]
     pub max_pending: Option<usize>,
+    /// Connections that have not logged in yet, per source address [default: 128]
+    #[arg(long)]
+    pub max_pending_per_ip: Option<usize>,
     /// Concurrent public connections per tunnel [default: 16384]
     #[arg(long)]
     pub max_connections: Option<usize>,

@@ -16,6 +16,7 @@ pub struct ServerFile {
     pub max_tunnels: Option<usize>,
     pub max_streams: Option<usize>,
     pub max_pending: Option<usize>,
+    pub max_pending_per_ip: Option<usize>,
     pub max_connections: Option<usize>,
     pub udp_max_peers: Option<usize>,
     #[serde(default, with = "humantime_serde")]

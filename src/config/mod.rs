@@ -34,6 +34,9 @@ pub const DEFAULT_MAX_STREAMS: usize = 16_384;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 /// Unauthenticated connections held at once, across all peers.
 pub const DEFAULT_MAX_PENDING: usize = 1024;
+/// Unauthenticated connections held at once from one source address: a flood from one
+/// address fills this, not the global cap, so clients elsewhere still get in.
+pub const DEFAULT_MAX_PENDING_PER_IP: usize = 128;
 pub const DEFAULT_UDP_MAX_PEERS: usize = 1024;
 pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest pause between reconnect attempts: short enough that a restarted server has
@@ -124,6 +127,7 @@ pub struct ServerConfig {
     pub max_tunnels: usize,
     pub max_streams: usize,
     pub max_pending: usize,
+    pub max_pending_per_ip: usize,
     pub max_connections: usize,
     pub udp_max_peers: usize,
     pub udp_idle_timeout: Duration,
@@ -213,6 +217,12 @@ impl ServerConfig {
                 a.max_pending
                     .or(f.max_pending)
                     .unwrap_or(DEFAULT_MAX_PENDING),
+            )?,
+            max_pending_per_ip: positive(
+                "max-pending-per-ip",
+                a.max_pending_per_ip
+                    .or(f.max_pending_per_ip)
+                    .unwrap_or(DEFAULT_MAX_PENDING_PER_IP),
             )?,
             max_connections: positive(
                 "max-connections",

@@ -5,11 +5,15 @@
 //! `docs/PROTOCOL.md` describes the same thing for humans; keep the two in step.
 
 mod codec;
+mod datagram;
 mod messages;
 
 pub use codec::{
     decode, encode, read_header_frame, write_frame, CodecError, MessageStream, MAX_CONTROL_FRAME,
     MAX_HEADER_FRAME,
+};
+pub use datagram::{
+    datagram_codec, decode_datagram, encode_datagram, MAX_DATAGRAM, MAX_DATAGRAM_FRAME,
 };
 pub use messages::*;
 

@@ -6,18 +6,23 @@
 //! deadline, then ends every session.
 
 mod http;
+mod pending;
 mod ports;
 mod session;
 pub mod state;
 mod tcp;
+mod udp;
 
 use crate::config::ServerConfig;
+use crate::transport::tls::{self, TlsAcceptor};
 use crate::transport::{tcp as tcp_opts, BatchIo};
 use state::State;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
@@ -49,6 +54,7 @@ pub(crate) struct Ctx {
 /// A configured server, ready to run on a bound listener.
 pub struct Server {
     state: Arc<State>,
+    tls: Option<TlsAcceptor>,
 }
 
 impl Server {
@@ -56,8 +62,13 @@ impl Server {
         if config.token.is_none() {
             warn!("no token set: this server is open to any client (set --token or PIPE_TOKEN)");
         }
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key).map_err(ServerError::Config)?),
+            _ => None,
+        };
         Ok(Server {
             state: Arc::new(State::new(config)),
+            tls,
         })
     }
 
@@ -72,6 +83,9 @@ impl Server {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), ServerError> {
+        crate::caddy::startup(self.state.caddy.as_deref())
+            .await
+            .map_err(|e| ServerError::Config(e.to_string()))?;
         let local = listener.local_addr()?;
         self.state.reserve_own_port(local.port());
         let ctx = Arc::new(Ctx {
@@ -80,7 +94,8 @@ impl Server {
             kill: CancellationToken::new(),
             conns: TaskTracker::new(),
         });
-        let pending = Arc::new(Semaphore::new(self.state.config.max_pending));
+        let cfg = &self.state.config;
+        let pending = pending::PendingLimiter::new(cfg.max_pending, cfg.max_pending_per_ip);
         let sessions = TaskTracker::new();
         loop {
             let accepted = tokio::select! {
@@ -96,15 +111,14 @@ impl Server {
                 }
             };
             // The cap on unauthenticated connections costs only the newcomer.
-            let Ok(permit) = pending.clone().try_acquire_owned() else {
+            let Some(permit) = pending.try_acquire(peer.ip()) else {
                 debug!(%peer, "too many connections waiting to log in; dropped");
                 continue;
             };
             tcp_opts::tune_control(&tcp);
             let span = tracing::info_span!("conn", %peer);
-            sessions.spawn(
-                session::serve(ctx.clone(), BatchIo::new(tcp), peer, permit).instrument(span),
-            );
+            let conn = accept(ctx.clone(), tcp, peer, permit, self.tls.clone());
+            sessions.spawn(conn.instrument(span));
         }
         drop(listener);
         info!("shutting down: draining open connections");
@@ -123,12 +137,66 @@ impl Server {
     }
 }
 
+/// Everything before the login: tell TLS from plaintext by the first byte, run the TLS
+/// handshake if there is one, all under the login deadline, in the connection's own
+/// task (never in the accept loop).
+async fn accept(
+    ctx: Arc<Ctx>,
+    tcp: TcpStream,
+    peer: std::net::SocketAddr,
+    permit: pending::PendingPermit,
+    tls: Option<TlsAcceptor>,
+) {
+    let deadline = Instant::now() + ctx.state.config.login_timeout;
+    let mut first = [0u8; 1];
+    let is_tls = match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) => first[0] == tls::TLS_HANDSHAKE_RECORD,
+        _ => return debug!("connection closed or silent before its first byte"),
+    };
+    match (tls, is_tls) {
+        (Some(acceptor), true) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp))
+            .await
+        {
+            Ok(Ok(s)) => session::serve(ctx, BatchIo::new(s), peer, permit, deadline, None).await,
+            Ok(Err(e)) => info!(error = %e, "TLS handshake failed"),
+            Err(_) => debug!("TLS handshake timed out"),
+        },
+        (Some(_), false) => {
+            let why = "this server requires TLS: run pipec with --tls";
+            session::serve(ctx, BatchIo::new(tcp), peer, permit, deadline, Some(why)).await
+        }
+        (None, true) => {
+            // Answer a TLS client with a TLS alert so it fails at once, with a cause.
+            info!("a TLS client reached this plaintext server; refused");
+            let mut tcp = tcp;
+            let _ = tcp.write_all(&tls::PLAINTEXT_SERVER_ALERT).await;
+        }
+        (None, false) => session::serve(ctx, BatchIo::new(tcp), peer, permit, deadline, None).await,
+    }
+}
+
 impl Server {
     /// Binds and starts the admin server when configured; returns its address.
+    ///
+    /// A non-loopback address without an admin token is a config error.
     pub async fn start_admin(
         &self,
-        _shutdown: CancellationToken,
+        shutdown: CancellationToken,
     ) -> Result<Option<std::net::SocketAddr>, ServerError> {
-        Ok(None)
+        let Some(addr) = self.state.config.admin.as_deref() else {
+            return Ok(None);
+        };
+        let has_token = self.state.config.admin_token.is_some();
+        let addrs = crate::admin::admin_addrs(addr, has_token)
+            .await
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+        let listener = TcpListener::bind(&addrs[..]).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on admin {addr}: {e}"))
+        })?;
+        let local = listener.local_addr()?;
+        self.state.reserve_own_port(local.port());
+        info!(%local, "admin server listening");
+        tokio::spawn(crate::admin::serve(listener, self.state.clone(), shutdown));
+        Ok(Some(local))
     }
 }

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,9 +28,16 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long a new session waits for the old session of the same client to let go.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
-/// Serves one accepted control connection from login to teardown.
-pub async fn serve<IO>(ctx: Arc<Ctx>, io: IO, peer: SocketAddr, permit: OwnedSemaphorePermit)
-where
+/// Serves one accepted control connection from login to teardown. The login must be
+/// done by `deadline`; with `refusal` set, the login is refused with that reason.
+pub async fn serve<IO>(
+    ctx: Arc<Ctx>,
+    io: IO,
+    peer: SocketAddr,
+    permit: super::pending::PendingPermit,
+    deadline: Instant,
+    refusal: Option<&'static str>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = &ctx.state.config;
@@ -54,10 +61,10 @@ where
             .await
             .map_err(|_| LoginError::Codec(CodecError::Closed))?;
         let mut ctl = MessageStream::new(stream, MAX_CONTROL_FRAME);
-        let who = server_handshake(&mut ctl, token.as_ref()).await;
+        let who = server_handshake(&mut ctl, token.as_ref(), refusal).await;
         Ok::<_, LoginError>((ctl, who))
     };
-    let (mut ctl, who) = match timeout(cfg.login_timeout, login).await {
+    let (mut ctl, who) = match tokio::time::timeout_at(deadline, login).await {
         Err(_) => {
             debug!("no login within the login timeout; dropped");
             return;
@@ -304,10 +311,40 @@ impl Session {
 
     async fn open_udp(
         &mut self,
-        _req: ForwardRequest,
-        _speed_limit: Option<u64>,
+        req: ForwardRequest,
+        speed_limit: Option<u64>,
     ) -> Result<ServerMsg, String> {
-        Err("udp forwards are not enabled on this server".into())
+        let state = self.ctx.state.clone();
+        let bind_ip = state.config.bind_addr;
+        let (socket, port) = super::ports::claim(&state, true, req.remote_port, |p| {
+            tokio::net::UdpSocket::bind((bind_ip, p))
+        })
+        .await?;
+        let tunnel = self.new_tunnel(&req, port, None, speed_limit);
+        state.add_tunnel(tunnel.clone(), None);
+        self.tunnels.insert(tunnel.forward_id, tunnel.clone());
+        info!(forward = req.id, proto = "udp", port, "tunnel open");
+        let t = Arc::new(super::udp::UdpCtx {
+            ctx: self.ctx.clone(),
+            tunnel: tunnel.clone(),
+            mux: self.mux.clone(),
+        });
+        let span = tracing::info_span!("tunnel", proto = "udp", port);
+        self.tasks.spawn(
+            async move {
+                if let Err(e) = super::udp::run(socket, t).await {
+                    // Tell the client its forward is gone, and why.
+                    state.close_tunnel(tunnel.id, &e);
+                }
+                state.remove_tunnel(tunnel.id);
+            }
+            .instrument(span),
+        );
+        Ok(ServerMsg::ForwardOk {
+            id: req.id,
+            remote_port: port,
+            url: None,
+        })
     }
 
     /// Records a bound TCP tunnel and starts its accept loop. `on_close` runs once the

@@ -24,7 +24,7 @@ pub struct GlobalStats {
     pub retired_in: AtomicU64,
     pub retired_out: AtomicU64,
     /// Datagrams dropped because a UDP stream was congested.
-    pub udp_dropped: AtomicU64,
+    pub udp_dropped: Arc<AtomicU64>,
 }
 
 /// Per-tunnel counters, updated by the data path as bytes move.
@@ -130,6 +130,8 @@ pub struct State {
     next_id: AtomicU64,
     reserved: Mutex<HashSet<u16>>,
     inner: Mutex<Registry>,
+    /// Caddy's admin API, when http forwards are enabled (`domain` + `caddy-admin`).
+    pub caddy: Option<Arc<crate::caddy::Caddy>>,
 }
 
 /// Marker in the port map for a port being bound but not yet owned by a tunnel.
@@ -137,7 +139,9 @@ const RESERVING: u64 = 0;
 
 impl State {
     pub fn new(config: ServerConfig) -> Self {
+        let caddy = crate::caddy::Caddy::from_config(&config).map(Arc::new);
         State {
+            caddy,
             config,
             stats: GlobalStats::default(),
             started: SystemTime::now(),
@@ -391,5 +395,23 @@ impl Drop for ConnGuard {
             .stats
             .connections_active
             .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl State {
+    /// Total bytes (in, out) through all tunnels, closed ones included, as one snapshot:
+    /// the retired totals are read under the same lock `remove_tunnel` holds while it
+    /// moves a tunnel's bytes there, so a closing tunnel is never counted twice (which
+    /// would make the Prometheus counters step back on the next scrape).
+    pub fn byte_totals(&self) -> (u64, u64) {
+        let reg = self.lock();
+        let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
+        for t in reg.tunnels.values() {
+            bytes_in += t.stats.bytes_in.load(Ordering::Relaxed);
+            bytes_out += t.stats.bytes_out.load(Ordering::Relaxed);
+        }
+        bytes_in += self.stats.retired_in.load(Ordering::Relaxed);
+        bytes_out += self.stats.retired_out.load(Ordering::Relaxed);
+        (bytes_in, bytes_out)
     }
 }

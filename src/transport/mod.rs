@@ -4,7 +4,9 @@
 //! Nothing here knows about forwards, logins or the control protocol.
 
 pub mod bufio;
+pub mod datagram;
 pub mod mux;
+pub mod peers;
 pub mod splice;
 pub mod tcp;
 pub mod tls;

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod certs;
+pub mod http;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};

@@ -27,6 +27,8 @@ pub struct Proxy {
     /// Cancelled to reset all current connections (new ones are still accepted).
     reset: Arc<Mutex<CancellationToken>>,
     pub connections: Arc<AtomicU64>,
+    /// Connections numbered up to this one are blackholed (0: none).
+    blackhole_upto: Arc<AtomicU64>,
 }
 
 impl Proxy {
@@ -41,7 +43,9 @@ impl Proxy {
             downstream: Arc::default(),
             reset: Arc::new(Mutex::new(CancellationToken::new())),
             connections: Arc::default(),
+            blackhole_upto: Arc::default(),
         };
+        let upto = p.blackhole_upto.clone();
         let (mode, delay, up, down, reset, conns) = (
             p.mode.clone(),
             p.delay_ms.clone(),
@@ -52,29 +56,27 @@ impl Proxy {
         );
         tokio::spawn(async move {
             while let Ok((client, _)) = l.accept().await {
-                conns.fetch_add(1, Ordering::SeqCst);
+                let n = conns.fetch_add(1, Ordering::SeqCst) + 1;
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
                     continue;
                 };
                 let token = reset.lock().unwrap().clone();
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
+                let hole = Blackhole {
+                    conn: n,
+                    upto: upto.clone(),
+                    mode: mode.clone(),
+                };
                 tokio::spawn(pump(
                     cr,
                     sw,
-                    mode.clone(),
+                    hole.clone(),
                     delay.clone(),
                     up.clone(),
                     token.clone(),
                 ));
-                tokio::spawn(pump(
-                    sr,
-                    cw,
-                    mode.clone(),
-                    delay.clone(),
-                    down.clone(),
-                    token,
-                ));
+                tokio::spawn(pump(sr, cw, hole, delay.clone(), down.clone(), token));
             }
         });
         p
@@ -86,6 +88,12 @@ impl Proxy {
 
     pub fn set_delay(&self, d: Duration) {
         self.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Blackholes the connections open now; later ones pass (a fresh path).
+    pub fn blackhole_current(&self) {
+        self.blackhole_upto
+            .store(self.connections.load(Ordering::SeqCst), Ordering::SeqCst);
     }
 
     /// Drops every current connection.
@@ -104,10 +112,24 @@ impl Proxy {
     }
 }
 
+#[derive(Clone)]
+struct Blackhole {
+    conn: u64,
+    upto: Arc<AtomicU64>,
+    mode: Arc<AtomicU8>,
+}
+
+impl Blackhole {
+    fn on(&self) -> bool {
+        self.mode.load(Ordering::SeqCst) == Mode::Blackhole as u8
+            || self.conn <= self.upto.load(Ordering::SeqCst)
+    }
+}
+
 async fn pump(
     mut r: tokio::net::tcp::OwnedReadHalf,
     mut w: tokio::net::tcp::OwnedWriteHalf,
-    mode: Arc<AtomicU8>,
+    hole: Blackhole,
     delay: Arc<AtomicU64>,
     record: Arc<Mutex<Vec<u8>>>,
     reset: CancellationToken,
@@ -118,7 +140,7 @@ async fn pump(
             _ = reset.cancelled() => return,
             r = r.read(&mut buf) => match r { Ok(0) | Err(_) => break, Ok(n) => n },
         };
-        if mode.load(Ordering::SeqCst) == Mode::Blackhole as u8 {
+        if hole.on() {
             // Swallow everything from now on, keeping both sockets open.
             continue;
         }

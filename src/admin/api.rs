@@ -1,0 +1,237 @@
+//! The admin JSON API: read-only views of sessions and tunnels, the operator's close,
+//! and Caddy's on-demand TLS check.
+//!
+//! Owns the JSON shapes (they are part of the product: scripts read them); the numbers
+//! come from `State` as they are at the time of the request.
+
+use super::Shared;
+use crate::server::state::{State, TunnelInfo};
+use crate::VERSION_LINE;
+use axum::extract::{Path, Query, State as Ext};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tracing::info;
+
+/// The reason the client is given (and logs) when the operator closes its tunnel.
+pub const CLOSED_BY_OPERATOR: &str = "closed by the operator";
+
+#[derive(Serialize)]
+pub struct ErrorBody {
+    pub error: &'static str,
+}
+
+/// `GET /api/server`: uptime and totals since start.
+#[derive(Serialize)]
+pub struct ServerView {
+    pub version: &'static str,
+    /// The server's clock (unix seconds), so a page can show ages without trusting
+    /// the viewer's clock.
+    pub now: u64,
+    /// Unix seconds.
+    pub started: u64,
+    pub uptime_secs: u64,
+    pub clients: usize,
+    pub tunnels: usize,
+    pub connections_active: u64,
+    pub connections_total: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub auth_failures: u64,
+}
+
+/// `GET /api/clients`: one per live session.
+#[derive(Serialize)]
+pub struct ClientView {
+    pub id: u64,
+    pub addr: String,
+    /// Unix seconds.
+    pub since: u64,
+    /// What the client said it runs (its `--version` line).
+    pub version: String,
+    pub tunnels: usize,
+}
+
+/// `GET /api/tunnels`: one per live tunnel.
+#[derive(Serialize)]
+pub struct TunnelView {
+    pub id: u64,
+    /// The session (`ClientView::id`) that owns the tunnel.
+    pub client: u64,
+    pub client_addr: Option<String>,
+    pub proto: &'static str,
+    /// The public port (for `http`, the internal port Caddy proxies to).
+    pub port: u16,
+    /// The public URL of an `http` tunnel.
+    pub url: Option<String>,
+    /// The target on the client's side, as the client named it.
+    pub local: String,
+    /// Unix seconds.
+    pub since: u64,
+    pub connections: u64,
+    pub connections_total: u64,
+    /// Bytes received from public visitors.
+    pub bytes_in: u64,
+    /// Bytes sent to public visitors.
+    pub bytes_out: u64,
+    /// Bytes per second, when the tunnel is shaped.
+    pub speed_limit: Option<u64>,
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+pub async fn server(Ext(admin): Ext<Shared>) -> Json<ServerView> {
+    let st = &admin.state;
+    let s = &st.stats;
+    let (bytes_in, bytes_out) = st.byte_totals();
+    Json(ServerView {
+        version: VERSION_LINE,
+        now: unix(SystemTime::now()),
+        started: unix(st.started),
+        uptime_secs: st.started_at.elapsed().as_secs(),
+        clients: st.sessions().len(),
+        tunnels: st.tunnels().len(),
+        connections_active: s.connections_active.load(Ordering::Relaxed),
+        connections_total: s.connections_tcp.load(Ordering::Relaxed)
+            + s.connections_udp.load(Ordering::Relaxed),
+        bytes_in,
+        bytes_out,
+        auth_failures: s.auth_failures.load(Ordering::Relaxed),
+    })
+}
+
+pub async fn clients(Ext(admin): Ext<Shared>) -> Json<Vec<ClientView>> {
+    let mut per_session: HashMap<u64, usize> = HashMap::new();
+    for t in admin.state.tunnels() {
+        *per_session.entry(t.session_id).or_default() += 1;
+    }
+    let views = admin
+        .state
+        .sessions()
+        .iter()
+        .map(|s| ClientView {
+            id: s.id,
+            addr: s.addr.to_string(),
+            since: unix(s.since),
+            version: s.software.clone(),
+            tunnels: per_session.get(&s.id).copied().unwrap_or(0),
+        })
+        .collect();
+    Json(views)
+}
+
+pub async fn tunnels(Ext(admin): Ext<Shared>) -> Json<Vec<TunnelView>> {
+    let addrs: HashMap<u64, String> = admin
+        .state
+        .sessions()
+        .iter()
+        .map(|s| (s.id, s.addr.to_string()))
+        .collect();
+    let views = admin
+        .state
+        .tunnels()
+        .iter()
+        .map(|t| tunnel_view(t, addrs.get(&t.session_id).cloned()))
+        .collect();
+    Json(views)
+}
+
+fn tunnel_view(t: &TunnelInfo, client_addr: Option<String>) -> TunnelView {
+    let st = &t.stats;
+    TunnelView {
+        id: t.id,
+        client: t.session_id,
+        client_addr,
+        proto: t.proto.as_str(),
+        port: t.port,
+        url: t.url.clone(),
+        local: t.local.clone(),
+        since: unix(t.since),
+        connections: st.active.load(Ordering::Relaxed),
+        connections_total: st.total.load(Ordering::Relaxed),
+        bytes_in: st.bytes_in.load(Ordering::Relaxed),
+        bytes_out: st.bytes_out.load(Ordering::Relaxed),
+        speed_limit: t.speed_limit,
+    }
+}
+
+/// `DELETE /api/tunnels/{id}`: frees the public port at once and tells the client,
+/// which drops that forward for good and keeps its others.
+pub async fn close_tunnel(Ext(admin): Ext<Shared>, Path(id): Path<u64>) -> Response {
+    let tunnel = admin.state.tunnel(id);
+    if !admin.state.close_tunnel(id, CLOSED_BY_OPERATOR) {
+        let body = ErrorBody {
+            error: "no such tunnel",
+        };
+        return (StatusCode::NOT_FOUND, Json(body)).into_response();
+    }
+    if let Some(t) = tunnel {
+        info!(tunnel = id, proto = %t.proto, port = t.port, "tunnel closed by the operator");
+    }
+    Json(serde_json::json!({ "closed": id })).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct AskQuery {
+    domain: String,
+}
+
+/// `GET /caddy/ask?domain=HOST`: may Caddy get a certificate for HOST?
+pub async fn caddy_ask(Ext(admin): Ext<Shared>, Query(q): Query<AskQuery>) -> StatusCode {
+    if is_live_host(&admin.state, &q.domain) {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+/// Host names are case-insensitive and may end in a root dot.
+fn is_live_host(state: &State, host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    state.has_subdomain_host(&host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServerConfig;
+    use crate::protocol::Proto;
+    use crate::server::state::TunnelStats;
+    use std::sync::Arc;
+    use tokio_util::sync::CancellationToken;
+
+    #[test]
+    fn caddy_ask_knows_live_subdomains_only() {
+        let mut cfg = ServerConfig::for_tests();
+        cfg.domain = Some("tunnels.example.com".into());
+        let state = State::new(cfg);
+        assert!(state.reserve_subdomain("myapp"));
+        // Reserved but not yet live: Caddy must not get a certificate for it yet.
+        assert!(!is_live_host(&state, "myapp.tunnels.example.com"));
+        let tunnel = TunnelInfo {
+            id: state.next_id(),
+            session_id: 1,
+            forward_id: 0,
+            proto: Proto::Http,
+            port: 40000,
+            url: Some("https://myapp.tunnels.example.com".into()),
+            local: "localhost:3000".into(),
+            since: SystemTime::now(),
+            speed_limit: None,
+            stats: TunnelStats::default(),
+            stop: CancellationToken::new(),
+        };
+        state.add_tunnel(Arc::new(tunnel), Some("myapp"));
+        assert!(is_live_host(&state, "myapp.tunnels.example.com"));
+        assert!(is_live_host(&state, "MyApp.Tunnels.Example.com."));
+        assert!(!is_live_host(&state, "other.tunnels.example.com"));
+        assert!(!is_live_host(&state, "myapp.example.com"));
+        assert!(!is_live_host(&state, "tunnels.example.com"));
+    }
+}
