@@ -1,0 +1,10 @@
+//! http forwards through a real Caddy (Debian's `caddy` 2.6): each test starts its own
+//! Caddy (`harness`) and `piped --domain example.test --caddy-admin ...` in front of it,
+//! then checks what visitors get and what Caddy's config holds.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod harness;
+mod lifecycle;
+mod publish;
+mod services;
