@@ -25,8 +25,9 @@ const LEN_PREFIX: usize = 4;
 pub enum CodecError {
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    #[error("frame of {len} bytes exceeds the cap of {cap}")]
-    TooLarge { len: usize, cap: usize },
+    /// `len` is `None` when the framing layer refused the frame without naming its size.
+    #[error("frame exceeds the cap of {cap} bytes{}", len.map(|l| format!(" ({l} bytes)")).unwrap_or_default())]
+    TooLarge { len: Option<usize>, cap: usize },
     #[error("malformed message: {0}")]
     Malformed(String),
     #[error("connection closed")]
@@ -37,7 +38,7 @@ impl CodecError {
     fn from_frame_io(e: std::io::Error, cap: usize) -> Self {
         // LengthDelimitedCodec reports an oversized frame as InvalidData.
         if e.kind() == std::io::ErrorKind::InvalidData {
-            CodecError::TooLarge { len: 0, cap }
+            CodecError::TooLarge { len: None, cap }
         } else {
             CodecError::Io(e)
         }
@@ -46,8 +47,11 @@ impl CodecError {
 
 fn bincode_config() -> impl bincode::config::Config {
     // The limit stops a length field inside a message (a String, a Vec) from claiming
-    // more memory than the frame could carry.
-    bincode::config::standard().with_limit::<MAX_CONTROL_FRAME>()
+    // more memory than the frame could carry. bincode charges every integer at its full
+    // width (8 bytes for a varint string length that took 1 to 3 on the wire), so a frame
+    // at the cap can add up to more than the cap; twice the cap leaves room for that and
+    // still bounds any claim to twice the largest frame.
+    bincode::config::standard().with_limit::<{ 2 * MAX_CONTROL_FRAME }>()
 }
 
 /// Encodes a message body (without the length prefix).
@@ -99,7 +103,10 @@ pub async fn read_header_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > cap {
-        return Err(CodecError::TooLarge { len, cap });
+        return Err(CodecError::TooLarge {
+            len: Some(len),
+            cap,
+        });
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await?;

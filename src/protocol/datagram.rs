@@ -48,7 +48,7 @@ pub fn decode_datagram(mut frame: Bytes) -> Result<(u32, Bytes), CodecError> {
     }
     if frame.len() > MAX_DATAGRAM_FRAME {
         return Err(CodecError::TooLarge {
-            len: frame.len(),
+            len: Some(frame.len()),
             cap: MAX_DATAGRAM_FRAME,
         });
     }

@@ -25,3 +25,6 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// First bytes of every `Hello`, so that a server can tell a stray HTTP request or a
 /// port scanner from an old `pipec` and say so in its log.
 pub const MAGIC: [u8; 4] = *b"PIPE";
+
+#[cfg(test)]
+mod tests;
