@@ -141,8 +141,13 @@ pub struct PipecRunArgs {
     /// The piped control address, HOST:PORT
     #[arg(long)]
     pub server: Option<String>,
-    /// PROTO:[LOCAL_HOST:]LOCAL_PORT:REMOTE_PORT, or http:[LOCAL_HOST:]LOCAL_PORT[:SUBDOMAIN]
-    #[arg(long = "forward")]
+    // The help text is an attribute, not a doc comment: rustdoc would read its
+    // brackets as links.
+    #[arg(
+        long = "forward",
+        value_name = "SPEC",
+        help = "PROTO:[LOCAL_HOST:]LOCAL_PORT:REMOTE_PORT, or http:[LOCAL_HOST:]LOCAL_PORT[:SUBDOMAIN]"
+    )]
     pub forwards: Vec<ForwardSpec>,
     /// Shared secret for the server's login.
     #[arg(long, env = "PIPE_TOKEN", hide_env_values = true)]
