@@ -18,18 +18,6 @@ fn port_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-async fn udp_echo() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let port = s.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65_536];
-        while let Ok((n, from)) = s.recv_from(&mut buf).await {
-            let _ = s.send_to(&buf[..n], from).await;
-        }
-    });
-    port
-}
-
 async fn udp_roundtrip(port: u16, msg: &[u8]) -> Vec<u8> {
     let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     s.connect(("127.0.0.1", port)).await.unwrap();

@@ -35,15 +35,8 @@ fn main() -> ExitCode {
 async fn serve(cfg: ServerConfig) -> ExitCode {
     let listen = cfg.listen.clone();
     let server = match Server::new(cfg) {
-        Ok(s) => s,
-        Err(e @ ServerError::Config(_)) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
+        Ok(v) => v,
+        Err(e) => return fail(&e),
     };
     let listener = match TcpListener::bind(&listen).await {
         Ok(l) => l,
@@ -54,15 +47,8 @@ async fn serve(cfg: ServerConfig) -> ExitCode {
     };
     let shutdown = CancellationToken::new();
     let admin = match server.start_admin(shutdown.clone()).await {
-        Ok(a) => a,
-        Err(e @ ServerError::Config(_)) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
+        Ok(v) => v,
+        Err(e) => return fail(&e),
     };
     match listener.local_addr() {
         Ok(a) => println!("listening on {a}"),
@@ -78,9 +64,11 @@ async fn serve(cfg: ServerConfig) -> ExitCode {
     tokio::spawn(pipe::signals::cancel_on_signal(shutdown.clone()));
     match server.run(listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
+        Err(e) => fail(&e),
     }
+}
+
+fn fail(e: &ServerError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(e.exit_code())
 }

@@ -106,7 +106,13 @@ fn positive(name: &str, v: usize) -> Result<usize, ConfigError> {
     Ok(v)
 }
 
-fn heartbeats(interval: Duration, timeout: Duration) -> Result<(Duration, Duration), ConfigError> {
+/// The heartbeat pair from flag-or-file values, with defaults, checked together.
+fn heartbeats(
+    interval: Option<Duration>,
+    timeout: Option<Duration>,
+) -> Result<(Duration, Duration), ConfigError> {
+    let interval = interval.unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
+    let timeout = timeout.unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT);
     if interval.is_zero() || timeout <= interval {
         return Err(format!(
             "heartbeat-timeout ({}) must be longer than heartbeat-interval ({})",
@@ -167,12 +173,8 @@ impl ServerConfig {
             .parse()
             .map_err(|_| format!("invalid bind-addr {bind_addr:?}: expected an IP address"))?;
         let (heartbeat_interval, heartbeat_timeout) = heartbeats(
-            a.heartbeat_interval
-                .or(f.heartbeat_interval)
-                .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL),
-            a.heartbeat_timeout
-                .or(f.heartbeat_timeout)
-                .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT),
+            a.heartbeat_interval.or(f.heartbeat_interval),
+            a.heartbeat_timeout.or(f.heartbeat_timeout),
         )?;
         let tls_cert = a.tls_cert.or(f.tls_cert);
         let tls_key = a.tls_key.or(f.tls_key);
@@ -355,12 +357,8 @@ impl ClientConfig {
             fw.speed_limit = fw.speed_limit.or(client_limit);
         }
         let (heartbeat_interval, heartbeat_timeout) = heartbeats(
-            a.heartbeat_interval
-                .or(f.heartbeat_interval)
-                .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL),
-            a.heartbeat_timeout
-                .or(f.heartbeat_timeout)
-                .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT),
+            a.heartbeat_interval.or(f.heartbeat_interval),
+            a.heartbeat_timeout.or(f.heartbeat_timeout),
         )?;
         let tls_ca = a.tls_ca.or(f.tls_ca);
         Ok(ClientConfig {

@@ -40,6 +40,16 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
+impl ServerError {
+    /// Process exit code (SPEC): 2 for a bad configuration, 1 for a runtime failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServerError::Config(_) => 2,
+            ServerError::Io(_) => 1,
+        }
+    }
+}
+
 /// What every session and tunnel of a running server shares.
 pub(crate) struct Ctx {
     pub state: Arc<State>,
