@@ -1,0 +1,229 @@
+//! Bad command lines and config files: each exits 2 with a message naming the mistake,
+//! prints nothing on stdout, and disturbs nothing (a live tunnel on the same server
+//! keeps working and the server sees no login from the failed invocations).
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::time::Duration;
+
+/// Runs `bin` with `args`; returns (exit code, stdout lines, stderr).
+fn run(bin: &str, args: &[String]) -> (i32, Vec<String>, String) {
+    let mut p = Proc::spawn(bin, args);
+    let code = p.wait_exit(WAIT);
+    let out = p.drain_lines(Duration::from_millis(100));
+    (code, out, p.stderr())
+}
+
+fn expect_usage_error(bin: &str, args: &[String], why: &str) {
+    let (code, out, err) = run(bin, args);
+    assert_eq!(code, 2, "{bin} {args:?}: exit {code}, stderr:\n{err}");
+    assert!(out.is_empty(), "{bin} {args:?} printed on stdout: {out:?}");
+    assert!(
+        err.contains(why),
+        "{bin} {args:?}: stderr does not say {why:?}:\n{err}"
+    );
+}
+
+fn config_file(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_client_inputs_exit_2_and_disturb_nothing() {
+    let echo = echo_service().await;
+    let mut server = Piped::start(&["--token", "t0ken"]);
+    let good = format!("tcp:{}:0", echo.port);
+    let (_client, ports) = Pipec::start(server.addr, &["--token", "t0ken", "--forward", &good], 1);
+    assert_eq!(echo_roundtrip(ports[0], b"before").await, b"before");
+
+    let dir = tempfile::tempdir().unwrap();
+    let unknown_key = config_file(
+        &dir,
+        "unknown.toml",
+        "server = \"127.0.0.1:1\"\nspeed-limt = \"1MB\"\n",
+    );
+    let bad_toml = config_file(&dir, "bad.toml", "server = \n");
+    let bad_table = config_file(
+        &dir,
+        "table.toml",
+        "[[forward]]\nproto = \"sctp\"\nlocal-port = 3000\n",
+    );
+    let srv = server.addr.to_string();
+    let with_server = |rest: &[&str]| -> Vec<String> {
+        let mut v = vec![s("--server"), srv.clone(), s("--token"), s("t0ken")];
+        v.extend(rest.iter().map(|a| a.to_string()));
+        v
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            with_server(&["--forward", "tcp:3000"]),
+            "invalid forward \"tcp:3000\"",
+        ),
+        (
+            with_server(&["--forward", "sctp:1:2"]),
+            "unknown protocol \"sctp\"",
+        ),
+        (
+            with_server(&["--forward", "tcp:3000:70000"]),
+            "invalid remote port \"70000\"",
+        ),
+        (
+            with_server(&["--forward", "tcp:x:3000:9000:1"]),
+            "expected tcp:[HOST:]LOCAL_PORT:REMOTE_PORT",
+        ),
+        (
+            with_server(&["--forward", "tcp:0:9000"]),
+            "local port must not be 0",
+        ),
+        (
+            with_server(&["--forward", "http:3000:Bad_Name"]),
+            "invalid subdomain \"Bad_Name\"",
+        ),
+        (with_server(&[]), "no forwards"),
+        (vec![s("--forward"), good.clone()], "missing --server"),
+        (
+            vec![
+                s("--server"),
+                s("example.com"),
+                s("--forward"),
+                good.clone(),
+            ],
+            "expected HOST:PORT",
+        ),
+        (
+            with_server(&["--forward", &good, "--speed-limit", "fast"]),
+            "invalid rate \"fast\"",
+        ),
+        (
+            with_server(&["--forward", &good, "--speed-limit", "0"]),
+            "must be above zero",
+        ),
+        (
+            with_server(&[
+                "--forward",
+                &good,
+                "--heartbeat-interval",
+                "10s",
+                "--heartbeat-timeout",
+                "5s",
+            ]),
+            "must be longer than heartbeat-interval",
+        ),
+        (
+            with_server(&["--forward", &good, "--heartbeat-interval", "soon"]),
+            "invalid duration \"soon\"",
+        ),
+        (
+            with_server(&["--forward", &good, "--udp-max-peers", "0"]),
+            "udp-max-peers must be at least 1",
+        ),
+        (
+            with_server(&["--forward", &good, "--log-format", "xml"]),
+            "invalid value 'xml'",
+        ),
+        (
+            with_server(&["--forward", &good, "--bogus"]),
+            "unexpected argument '--bogus'",
+        ),
+        (
+            with_server(&["--config", "/nonexistent/pipec.toml"]),
+            "cannot read config /nonexistent/pipec.toml",
+        ),
+        (
+            with_server(&["--config", &unknown_key]),
+            "unknown field `speed-limt`",
+        ),
+        (with_server(&["--config", &bad_toml]), "invalid config"),
+        (
+            with_server(&["--config", &bad_table]),
+            "unknown proto \"sctp\"",
+        ),
+    ];
+    for (args, why) in &cases {
+        expect_usage_error(pipec_bin(), args, why);
+    }
+
+    // Nothing reached the server, and the live tunnel still works.
+    assert_eq!(echo_roundtrip(ports[0], b"after").await, b"after");
+    let logins = server.proc.stderr().matches("client logged in").count();
+    assert_eq!(
+        logins,
+        1,
+        "only the good client logged in:\n{}",
+        server.proc.stderr()
+    );
+    server.proc.signal("TERM");
+    assert_eq!(server.proc.wait_exit(WAIT), 0);
+}
+
+#[test]
+fn bad_server_inputs_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let unknown_key = config_file(
+        &dir,
+        "unknown.toml",
+        "listen = \"127.0.0.1:0\"\nmax-tunnel = 3\n",
+    );
+    let bad_format = config_file(&dir, "format.toml", "log-format = \"xml\"\n");
+    let base = |rest: &[&str]| -> Vec<String> {
+        let mut v = vec![s("--listen"), s("127.0.0.1:0")];
+        v.extend(rest.iter().map(|a| a.to_string()));
+        v
+    };
+    let missing = dir.path().join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            base(&["--ports", "9002-9000"]),
+            "invalid port range \"9002-9000\"",
+        ),
+        (base(&["--ports", "0-10"]), "invalid port range \"0-10\""),
+        (base(&["--ports", "nine"]), "invalid port \"nine\""),
+        (base(&["--bind-addr", "public"]), "expected an IP address"),
+        (
+            base(&["--max-tunnels", "0"]),
+            "max-tunnels must be at least 1",
+        ),
+        (base(&["--max-tunnels", "many"]), "invalid value 'many'"),
+        (base(&["--speed-limit", "1PB"]), "unknown unit \"PB\""),
+        (
+            base(&["--heartbeat-timeout", "1s", "--heartbeat-interval", "1s"]),
+            "must be longer than heartbeat-interval",
+        ),
+        (base(&["--tls-cert", missing]), "--tls-key"),
+        (
+            base(&["--tls-cert", missing, "--tls-key", missing]),
+            "missing.pem",
+        ),
+        (base(&["--admin", "0.0.0.0:0"]), "not a loopback address"),
+        (
+            base(&["--config", &unknown_key]),
+            "unknown field `max-tunnel`",
+        ),
+        (
+            base(&["--config", &bad_format]),
+            "invalid log-format \"xml\"",
+        ),
+    ];
+    for (args, why) in &cases {
+        expect_usage_error(piped_bin(), args, why);
+    }
+}
+
+#[test]
+fn a_port_that_cannot_be_bound_is_a_runtime_failure_exit_1() {
+    // Hold a port, then ask piped to listen on it.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    let (code, out, err) = run(piped_bin(), &[s("--listen"), addr.clone()]);
+    assert_eq!(code, 1, "stderr:\n{err}");
+    assert!(out.is_empty(), "{out:?}");
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+}
