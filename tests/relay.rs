@@ -36,11 +36,18 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, answer: &[u8]) {
     };
     let recv = async {
         let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(60), r.read_to_end(&mut got)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(60), r.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
         got
     };
     let (_, got) = tokio::join!(send, recv);
-    assert_eq!(&got[..64], sha256(&req).as_bytes(), "the backend did not get the whole request");
+    assert_eq!(
+        &got[..64],
+        sha256(&req).as_bytes(),
+        "the backend did not get the whole request"
+    );
     assert_eq!(sha256(&got[64..]), sha256(answer));
 }
 
@@ -87,9 +94,16 @@ async fn tcp_to_unix_carries_32mib_with_half_close() {
 }
 
 fn bind_refused(listen: &Path, why: &str) {
-    let mut p = Proc::spawn(pipec_bin(), &[s("relay"), format!("unix:{}", listen.display()), s("tcp:1")]);
+    let mut p = Proc::spawn(
+        pipec_bin(),
+        &[s("relay"), format!("unix:{}", listen.display()), s("tcp:1")],
+    );
     assert_eq!(p.wait_exit(WAIT), 1);
-    assert!(p.stderr().contains(why), "stderr lacks {why:?}:\n{}", p.stderr());
+    assert!(
+        p.stderr().contains(why),
+        "stderr lacks {why:?}:\n{}",
+        p.stderr()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,17 +114,26 @@ async fn stale_socket_is_replaced_live_socket_and_plain_file_are_refused() {
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
     assert!(stale.exists());
     let echo = echo_service().await;
-    let (_p, _) = relay(&format!("unix:{}", stale.display()), &format!("tcp:{}", echo.port));
+    let (_p, _) = relay(
+        &format!("unix:{}", stale.display()),
+        &format!("tcp:{}", echo.port),
+    );
     let mut c = UnixStream::connect(&stale).await.unwrap();
     c.write_all(b"hi").await.unwrap();
     let mut b = [0u8; 2];
-    tokio::time::timeout(WAIT, c.read_exact(&mut b)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, c.read_exact(&mut b))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&b, b"hi");
     // Live: someone is accepting there; it must be left alone.
     let live = dir.path().join("live.sock");
     let owner = UnixListener::bind(&live).unwrap();
     bind_refused(&live, "live socket");
-    assert!(UnixStream::connect(&live).await.is_ok(), "the live socket was disturbed");
+    assert!(
+        UnixStream::connect(&live).await.is_ok(),
+        "the live socket was disturbed"
+    );
     drop(owner);
     // Not a socket at all: never clobbered.
     let file = dir.path().join("notes.txt");
@@ -130,15 +153,25 @@ async fn unreachable_target_closes_the_connection_and_the_relay_stays_up() {
     for _ in 0..5 {
         let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let mut b = [0u8; 1];
-        let r = tokio::time::timeout(Duration::from_secs(2), c.read(&mut b)).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(2), c.read(&mut b))
+            .await
+            .unwrap();
         assert!(matches!(r, Ok(0) | Err(_)));
     }
-    assert!(p.stderr().contains("cannot reach the target"), "{}", p.stderr());
+    assert!(
+        p.stderr().contains("cannot reach the target"),
+        "{}",
+        p.stderr()
+    );
 }
 
 #[test]
 fn bad_endpoints_exit_2() {
-    for (a, b) in [("udp:1", "tcp:2"), ("tcp:1", "tcp:host:notaport"), ("unix:", "tcp:1")] {
+    for (a, b) in [
+        ("udp:1", "tcp:2"),
+        ("tcp:1", "tcp:host:notaport"),
+        ("unix:", "tcp:1"),
+    ] {
         let mut p = Proc::spawn(pipec_bin(), &[s("relay"), s(a), s(b)]);
         assert_eq!(p.wait_exit(WAIT), 2, "{a} {b}");
     }

@@ -1,0 +1,250 @@
+//! `configs/`: every file has a check; the example TOML files cover every key the
+//! loader accepts and run together.
+
+use super::{caddy, root, units, write_temp, TOKEN};
+use crate::common::http::http;
+use crate::common::*;
+use clap::Parser;
+use pipe::config::cli::{PipecArgs, PipedArgs};
+use pipe::config::file::{ClientFile, ForwardTable, ServerFile};
+use pipe::config::{ClientConfig, ServerConfig};
+use pipe::protocol::Proto;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+
+// --- configs/ -------------------------------------------------------------------------
+
+/// The files `configs/` must hold; each one and every other file there gets a check.
+const EXPECTED_CONFIGS: [&str; 6] = [
+    "Caddyfile.on-demand",
+    "Caddyfile.wildcard",
+    "piped.service",
+    "piped.toml",
+    "pipec.service",
+    "pipec.toml",
+];
+
+#[test]
+fn every_file_in_configs_is_checked() {
+    let mut seen = BTreeSet::new();
+    for entry in std::fs::read_dir(root().join("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        match name.as_str() {
+            "piped.toml" => check_piped_toml(&path),
+            "pipec.toml" => check_pipec_toml(&path),
+            "piped.service" => units::check_unit(&path, "piped"),
+            "pipec.service" => units::check_unit(&path, "pipec"),
+            n if n.starts_with("Caddyfile.") => caddy::check_caddyfile(&path),
+            _ => panic!("configs/{name} has no check in tests/packaging.rs: add one"),
+        }
+        seen.insert(name);
+    }
+    let expected: BTreeSet<String> = EXPECTED_CONFIGS.iter().map(|s| s.to_string()).collect();
+    let missing: Vec<_> = expected.difference(&seen).collect();
+    assert!(missing.is_empty(), "missing from configs/: {missing:?}");
+}
+
+/// The keys a config struct accepts, read from the loader's own "unknown field" error
+/// (serde lists every expected field), so a key added to `config::file` shows up here.
+fn accepted_keys<T: serde::de::DeserializeOwned + std::fmt::Debug>(
+    table: &str,
+) -> BTreeSet<String> {
+    let text = format!("{table}zz-not-a-key = 1\n");
+    let err = toml::from_str::<T>(&text)
+        .expect_err("an unknown key must be refused")
+        .to_string();
+    let list = err
+        .split_once("expected")
+        .unwrap_or_else(|| panic!("no list of expected keys in: {err}"))
+        .1;
+    let keys: BTreeSet<String> = list
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect();
+    assert!(
+        keys.len() >= 3,
+        "could not read the accepted keys from: {err}"
+    );
+    keys
+}
+
+/// The file with every `# key = value` line (an optional setting) made active.
+fn uncommented(text: &str) -> String {
+    text.lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest) if is_setting(rest) => rest,
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn is_setting(line: &str) -> bool {
+    line.split_once(" = ").is_some_and(|(k, v)| {
+        !k.is_empty()
+            && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+            && !v.trim().is_empty()
+    })
+}
+
+pub(crate) fn server_config(path: &Path) -> ServerConfig {
+    let args = PipedArgs::parse_from_for_tests(["piped", "--config", path.to_str().unwrap()]);
+    ServerConfig::from_args(args).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn client_config(path: &Path) -> ClientConfig {
+    let args = PipecArgs::try_parse_from(["pipec", "--config", path.to_str().unwrap()]).unwrap();
+    let mut run = args.run;
+    run.token = None; // PIPE_TOKEN from the environment must not mask the file
+    ClientConfig::from_args(run, &args.log).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn check_piped_toml(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    // As shipped: valid, and no secret written into it.
+    let file: ServerFile = pipe::config::file::load(path).unwrap();
+    assert!(
+        file.token.is_none() && file.admin_token.is_none(),
+        "tokens belong in the environment"
+    );
+    let cfg = server_config(path);
+    assert_eq!(cfg.listen, "0.0.0.0:8910");
+    assert!(cfg.admin.is_some() && cfg.tls_cert.is_some());
+
+    // With the optional settings switched on: every key the loader accepts is shown.
+    let dir = tempfile::tempdir().unwrap();
+    let all = uncommented(&text);
+    let table: toml::Table = toml::from_str(&all).unwrap();
+    let shown: BTreeSet<String> = table.keys().cloned().collect();
+    assert_eq!(
+        shown,
+        accepted_keys::<ServerFile>(""),
+        "keys in piped.toml vs the loader's"
+    );
+    server_config(&write_temp(dir.path(), "piped-all.toml", &all));
+}
+
+fn check_pipec_toml(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let file: ClientFile = pipe::config::file::load(path).unwrap();
+    assert!(file.token.is_none(), "the token belongs in the environment");
+    let cfg = client_config(path);
+    let protos: BTreeSet<String> = cfg.forwards.iter().map(|f| f.proto.to_string()).collect();
+    assert!(cfg.forwards.len() >= 3, "several [[forward]] tables");
+    for p in [Proto::Tcp, Proto::Udp, Proto::Http] {
+        assert!(
+            protos.contains(&p.to_string()),
+            "no {p} forward in pipec.toml"
+        );
+    }
+    // The example client fits the example server: fixed ports inside its `ports`.
+    let server = server_config(&root().join("configs/piped.toml"));
+    for f in cfg.forwards.iter().filter(|f| f.remote_port != 0) {
+        assert!(
+            server.ports.contains(f.remote_port),
+            "port {} outside piped.toml ports",
+            f.remote_port
+        );
+    }
+    assert_eq!(
+        cfg.tls,
+        server.tls_cert.is_some(),
+        "client and server agree on TLS"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let all = uncommented(&text);
+    let table: toml::Table = toml::from_str(&all).unwrap();
+    let shown: BTreeSet<String> = table.keys().cloned().collect();
+    assert_eq!(
+        shown,
+        accepted_keys::<ClientFile>(""),
+        "keys in pipec.toml vs the loader's"
+    );
+    let forwards = table["forward"].as_array().expect("[[forward]] tables");
+    let forward_keys: BTreeSet<String> = forwards
+        .iter()
+        .flat_map(|t| t.as_table().unwrap().keys().cloned())
+        .collect();
+    assert_eq!(
+        forward_keys,
+        accepted_keys::<ForwardTable>("[[forward]]\n"),
+        "[[forward]] keys in pipec.toml vs the loader's"
+    );
+    client_config(&write_temp(dir.path(), "pipec-all.toml", &all));
+}
+
+/// A free loopback port (bound, then released) to serve as the whole `--ports` set.
+fn spare_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn example_configs_run_piped_and_pipec() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = certs::make(dir.path(), "pkg", &["localhost"]);
+    let path = |p: &Path| p.display().to_string();
+    let only_port = spare_port().to_string();
+    let args: Vec<String> = [
+        "--config",
+        &path(&root().join("configs/piped.toml")),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--bind-addr",
+        "127.0.0.1",
+        "--ports",
+        &only_port,
+        "--tls-cert",
+        &path(&pki.cert),
+        "--tls-key",
+        &path(&pki.key),
+    ]
+    .map(str::to_string)
+    .to_vec();
+    let mut server = Proc::spawn_env(piped_bin(), &args, &[("PIPE_TOKEN", TOKEN)]);
+    let line = server.wait_line("listening on ", WAIT);
+    let addr: SocketAddr = line["listening on ".len()..].parse().unwrap();
+    let line = server.wait_line("admin on ", WAIT);
+    let admin: SocketAddr = line["admin on ".len()..].parse().unwrap();
+    let health = http(admin, "GET", "/healthz", None).await;
+    assert_eq!((health.status, health.body.as_str()), (200, "ok"));
+
+    // pipec with the example file: TLS and login succeed, then the forwards reach the
+    // server, which refuses port 20022 (its --ports is one spare port): exit 4, not 2
+    // (config error) or 3 (login refused).
+    let cargs: Vec<String> = [
+        "--config",
+        &path(&root().join("configs/pipec.toml")),
+        "--server",
+        &addr.to_string(),
+        "--tls-ca",
+        &path(&pki.ca),
+        "--tls-server-name",
+        "localhost",
+    ]
+    .map(str::to_string)
+    .to_vec();
+    let mut client = Proc::spawn_env(pipec_bin(), &cargs, &[("PIPE_TOKEN", TOKEN)]);
+    let code = client.wait_exit(WAIT);
+    let stderr = client.stderr();
+    assert_eq!(code, 4, "pipec stderr:\n{stderr}");
+    assert!(stderr.contains("refused"), "{stderr}");
+    assert!(
+        !server.stderr().contains("login failed"),
+        "{}",
+        server.stderr()
+    );
+
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(WAIT), 0, "{}", server.stderr());
+}

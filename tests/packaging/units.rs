@@ -1,0 +1,164 @@
+//! The systemd units: hardened, token from an EnvironmentFile, ExecStart parsed by
+//! the real clap definitions, and `systemd-analyze verify` when it is installed.
+
+use super::{root, run, tool, write_temp};
+use crate::common::*;
+use clap::Parser;
+use pipe::config::cli::{PipecArgs, PipedArgs};
+use std::path::Path;
+use std::process::Command;
+
+/// `(section, key, value)` of a systemd unit, continuation lines joined.
+fn unit_entries(text: &str) -> Vec<(String, String, String)> {
+    let mut section = String::new();
+    let mut out = Vec::new();
+    for line in text.replace("\\\n", " ").lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = s.to_string();
+        } else {
+            let (k, v) = line
+                .split_once('=')
+                .unwrap_or_else(|| panic!("bad unit line {line:?}"));
+            out.push((section.clone(), k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    out
+}
+
+pub(crate) fn check_unit(path: &Path, bin: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let entries = unit_entries(&text);
+    let get = |key: &str| -> Vec<&str> {
+        entries
+            .iter()
+            .filter(|(s, k, _)| s == "Service" && k == key)
+            .map(|(_, _, v)| v.as_str())
+            .collect()
+    };
+    let one = |key: &str| -> &str {
+        get(key)
+            .last()
+            .copied()
+            .unwrap_or_else(|| panic!("{bin}.service: no {key}="))
+    };
+    for section in ["Unit", "Service", "Install"] {
+        assert!(
+            entries.iter().any(|(s, _, _)| s == section),
+            "{bin}.service: no [{section}]"
+        );
+    }
+    assert_eq!(one("NoNewPrivileges"), "yes");
+    assert_eq!(one("ProtectSystem"), "strict");
+    assert_eq!(one("PrivateTmp"), "yes");
+    assert_eq!(one("Restart"), "on-failure");
+    let own_user = get("DynamicUser").last() == Some(&"yes")
+        || get("User")
+            .last()
+            .is_some_and(|u| *u != "root" && *u != "0");
+    assert!(own_user, "{bin}.service must run as its own user");
+    for cap in one("CapabilityBoundingSet").split_whitespace() {
+        assert_eq!(
+            cap, "CAP_NET_BIND_SERVICE",
+            "{bin}.service: capability {cap} not needed"
+        );
+    }
+    assert!(
+        !get("EnvironmentFile").is_empty(),
+        "{bin}.service: token via EnvironmentFile="
+    );
+    assert!(
+        !text.contains("PIPE_TOKEN=") || get("Environment").iter().all(|e| !e.contains("TOKEN")),
+        "no token literal in the unit"
+    );
+
+    // ExecStart parses with the real flags, reading the shipped config file.
+    let exec = one("ExecStart");
+    let mut argv: Vec<String> = exec.split_whitespace().map(str::to_string).collect();
+    assert_eq!(argv[0], format!("/usr/local/bin/{bin}"));
+    assert!(
+        !argv.iter().any(|a| a == "--token"),
+        "the token must not be on the command line"
+    );
+    let creds: Vec<&str> = get("LoadCredential")
+        .iter()
+        .map(|c| c.split(':').next().unwrap())
+        .collect();
+    for a in argv.iter_mut().skip(1) {
+        if let Some(name) = a.strip_prefix("%d/") {
+            assert!(
+                creds.contains(&name),
+                "{bin}.service uses credential {name} it does not load"
+            );
+        }
+        if *a == format!("/etc/pipe/{bin}.toml") {
+            *a = root()
+                .join(format!("configs/{bin}.toml"))
+                .display()
+                .to_string();
+        }
+    }
+    assert!(
+        exec.contains(&format!("/etc/pipe/{bin}.toml")),
+        "{bin}.service reads /etc/pipe/{bin}.toml"
+    );
+    match bin {
+        "piped" => drop(PipedArgs::try_parse_from(&argv).unwrap_or_else(|e| panic!("{exec}: {e}"))),
+        _ => drop(PipecArgs::try_parse_from(&argv).unwrap_or_else(|e| panic!("{exec}: {e}"))),
+    }
+    systemd_verify(&text, bin);
+}
+
+/// `systemd-analyze verify` (and the offline security score) on a copy whose
+/// ExecStart points at the binaries under test.
+fn systemd_verify(text: &str, bin: &str) {
+    let Some(analyze) = tool("/usr/bin/systemd-analyze") else {
+        eprintln!("systemd-analyze not installed: structural checks only");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let exe = match bin {
+        "piped" => piped_bin(),
+        _ => pipec_bin(),
+    };
+    let unit = write_temp(
+        dir.path(),
+        &format!("{bin}.service"),
+        &text.replace(&format!("/usr/local/bin/{bin}"), exe),
+    );
+    let out = run(Command::new(analyze)
+        // The man pages it names are installed from gen_docs, not here.
+        .args(["verify", "--man=no"])
+        .arg(&unit));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify {bin}.service:\n{stderr}"
+    );
+    let out = run(Command::new(analyze)
+        .args(["security", "--offline=true"])
+        .arg(&unit));
+    if !out.status.success() {
+        return; // systemd older than 252: no offline scoring
+    }
+    let report = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = report
+        .lines()
+        .find_map(|l| {
+            l.split_once("Overall exposure level for ")?
+                .1
+                .split_once(": ")?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no exposure level in:\n{report}"));
+    assert!(
+        score <= 2.0,
+        "{bin}.service exposure {score} (want <= 2.0):\n{report}"
+    );
+}
