@@ -188,6 +188,10 @@ fn bad_server_inputs_exit_2() {
         (base(&["--ports", "nine"]), "invalid port \"nine\""),
         (base(&["--bind-addr", "public"]), "expected an IP address"),
         (
+            base(&["--udp-bind-addr", "no-such-host.invalid"]),
+            "invalid udp-bind-addr \"no-such-host.invalid\"",
+        ),
+        (
             base(&["--max-tunnels", "0"]),
             "max-tunnels must be at least 1",
         ),

@@ -186,3 +186,37 @@ async fn garbage_on_a_udp_stream_closes_only_that_forward() {
     assert!(server.proc.stderr().contains("udp forward stream failed"));
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_sockets_bind_the_udp_bind_addr_and_tcp_keeps_bind_addr() {
+    // As on fly.io, where UDP must bind a different address than TCP.
+    let echo = udp_echo().await;
+    let tcp_echo = echo_service().await;
+    let server = Piped::start(&["--udp-bind-addr", "127.0.0.2"]);
+    let (_c, ports) = Pipec::start(
+        server.addr,
+        &[
+            "--forward",
+            &format!("udp:127.0.0.1:{echo}:0"),
+            "--forward",
+            &format!("tcp:{}:0", tcp_echo.port),
+        ],
+        2,
+    );
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.connect(("127.0.0.2", ports[0])).await.unwrap();
+    assert_eq!(roundtrip(&sock, b"via 127.0.0.2").await, b"via 127.0.0.2");
+
+    // Nothing listens for UDP on the TCP bind address.
+    let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    other.connect(("127.0.0.1", ports[0])).await.unwrap();
+    let _ = other.send(b"lost").await;
+    let mut buf = [0u8; 16];
+    let got = tokio::time::timeout(Duration::from_millis(300), other.recv(&mut buf)).await;
+    assert!(
+        !matches!(got, Ok(Ok(_))),
+        "a reply came from 127.0.0.1: {got:?}"
+    );
+    // TCP tunnels still bind --bind-addr (127.0.0.1).
+    assert_eq!(echo_roundtrip(ports[1], b"tcp").await, b"tcp");
+}

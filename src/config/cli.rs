@@ -46,6 +46,10 @@ pub struct PipedArgs {
     /// Address public listeners bind [default: 0.0.0.0]
     #[arg(long)]
     pub bind_addr: Option<String>,
+    /// Address public UDP sockets bind, an IP or a host name (fly.io:
+    /// fly-global-services) [default: --bind-addr]
+    #[arg(long, env = "PIPE_UDP_BIND_ADDR")]
+    pub udp_bind_addr: Option<String>,
     /// Public ports clients may claim, e.g. 9000-9100,10000 [default: 1024-65535]
     #[arg(long)]
     pub ports: Option<PortSet>,

@@ -12,6 +12,7 @@ pub struct ServerFile {
     pub listen: Option<String>,
     pub token: Option<String>,
     pub bind_addr: Option<String>,
+    pub udp_bind_addr: Option<String>,
     pub ports: Option<PortSet>,
     pub max_tunnels: Option<usize>,
     pub max_streams: Option<usize>,

@@ -106,6 +106,20 @@ fn positive(name: &str, v: usize) -> Result<usize, ConfigError> {
     Ok(v)
 }
 
+/// An IP address, or the first address a host name resolves to (once, at start).
+fn resolve_host(host: &str, key: &str) -> Result<IpAddr, ConfigError> {
+    if let Ok(ip) = host.parse() {
+        return Ok(ip);
+    }
+    use std::net::ToSocketAddrs;
+    (host, 0)
+        .to_socket_addrs()
+        .map_err(|e| format!("invalid {key} {host:?}: {e}"))?
+        .next()
+        .map(|a| a.ip())
+        .ok_or_else(|| format!("invalid {key} {host:?}: the name has no address").into())
+}
+
 /// The heartbeat pair from flag-or-file values, with defaults, checked together.
 fn heartbeats(
     interval: Option<Duration>,
@@ -129,6 +143,8 @@ pub struct ServerConfig {
     pub listen: String,
     pub token: Option<Token>,
     pub bind_addr: IpAddr,
+    /// Where public UDP sockets bind; `bind_addr` unless set.
+    pub udp_bind_addr: IpAddr,
     pub ports: PortSet,
     pub max_tunnels: usize,
     pub max_streams: usize,
@@ -172,6 +188,10 @@ impl ServerConfig {
         let bind_addr: IpAddr = bind_addr
             .parse()
             .map_err(|_| format!("invalid bind-addr {bind_addr:?}: expected an IP address"))?;
+        let udp_bind_addr = match a.udp_bind_addr.or(f.udp_bind_addr) {
+            Some(host) => resolve_host(&host, "udp-bind-addr")?,
+            None => bind_addr,
+        };
         let (heartbeat_interval, heartbeat_timeout) = heartbeats(
             a.heartbeat_interval.or(f.heartbeat_interval),
             a.heartbeat_timeout.or(f.heartbeat_timeout),
@@ -201,6 +221,7 @@ impl ServerConfig {
                 .filter(|t| !t.is_empty())
                 .map(Token::new),
             bind_addr,
+            udp_bind_addr,
             ports: a.ports.or(f.ports).unwrap_or_default(),
             max_tunnels: positive(
                 "max-tunnels",

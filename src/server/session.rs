@@ -315,7 +315,7 @@ impl Session {
         speed_limit: Option<u64>,
     ) -> Result<ServerMsg, String> {
         let state = self.ctx.state.clone();
-        let bind_ip = state.config.bind_addr;
+        let bind_ip = state.config.udp_bind_addr;
         let (socket, port) = super::ports::claim(&state, true, req.remote_port, |p| {
             tokio::net::UdpSocket::bind((bind_ip, p))
         })

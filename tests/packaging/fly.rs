@@ -21,6 +21,12 @@ fn fly_toml_has_control_admin_tcp_range_and_udp_services() {
         env.keys().all(|k| !k.contains("TOKEN")),
         "secrets go in `fly secrets`, not [env]"
     );
+    // Fly delivers UDP only to sockets bound to fly-global-services.
+    assert_eq!(
+        env.get("PIPE_UDP_BIND_ADDR").and_then(|v| v.as_str()),
+        Some("fly-global-services"),
+        "UDP tunnels need PIPE_UDP_BIND_ADDR on fly.io"
+    );
     let services = fly["services"].as_array().expect("[[services]]");
     let svc = |proto: &str, internal: i64| {
         services.iter().map(|s| s.as_table().unwrap()).find(|s| {
