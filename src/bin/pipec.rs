@@ -10,6 +10,8 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
+    // Before any allocation of the data path: keep yamux's frame buffers in the heap.
+    pipe::transport::alloc::tune_for_frames();
     let args = PipecArgs::parse();
     match args.command {
         Some(PipecCommand::Relay { listen, target }) => {

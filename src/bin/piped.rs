@@ -10,6 +10,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
+    // Before any allocation of the data path: keep yamux's frame buffers in the heap.
+    pipe::transport::alloc::tune_for_frames();
     let args = PipedArgs::parse();
     let cfg = match ServerConfig::from_args(args) {
         Ok(c) => c,

@@ -3,6 +3,7 @@
 //!
 //! Nothing here knows about forwards, logins or the control protocol.
 
+pub mod alloc;
 pub mod bufio;
 pub mod datagram;
 pub mod mux;

@@ -31,6 +31,13 @@ const YAMUX_DEFAULT_STREAMS: usize = 512;
 /// a larger split lets one read travel as one frame (fewer headers and system calls).
 const SPLIT_SEND_SIZE: usize = 256 * 1024;
 
+/// Receive window shared by the streams of a session on top of each one's initial 256 KiB.
+/// yamux lets a busy stream's window grow (doubling toward twice the bandwidth-delay
+/// product) only out of this pool, so with none every stream stays at 256 KiB: one
+/// frame in flight. 64 MiB took one stream from 9.3 to 11.8 Gbit/s (TUNING.md); it is
+/// also the most a session buffers beyond 256 KiB per stream for readers that stall.
+const WINDOW_HEADROOM: usize = 64 * 1024 * 1024;
+
 /// Highest stream cap a session may be configured with.
 pub const MAX_STREAMS_LIMIT: usize = 65_536;
 
@@ -43,12 +50,13 @@ pub fn config(max_streams: usize) -> yamux::Config {
     let n = max_streams.clamp(1, MAX_STREAMS_LIMIT);
     // yamux asserts window >= 256 KiB × streams after each setter, so the order
     // depends on whether the stream count goes up or down from its default.
+    let window = n * INITIAL_STREAM_WINDOW + WINDOW_HEADROOM;
     if n > YAMUX_DEFAULT_STREAMS {
-        cfg.set_max_connection_receive_window(Some(n * INITIAL_STREAM_WINDOW));
+        cfg.set_max_connection_receive_window(Some(window));
         cfg.set_max_num_streams(n);
     } else {
         cfg.set_max_num_streams(n);
-        cfg.set_max_connection_receive_window(Some(n * INITIAL_STREAM_WINDOW));
+        cfg.set_max_connection_receive_window(Some(window));
     }
     cfg.set_split_send_size(SPLIT_SEND_SIZE);
     cfg
