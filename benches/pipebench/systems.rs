@@ -1,0 +1,379 @@
+//! The systems under test and how to start each in front of a backend port.
+//!
+//! A started system is the processes that make it up (measured for RSS and CPU) and the
+//! port a visitor connects to. A system that cannot start (a binary missing, a feature
+//! not built yet, a fixed port taken) is an error string: reported, never a number.
+
+use crate::procs::{free_tcp_port, tcp_listening, wait_listening, Proc};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// How long any system gets to become ready.
+const READY: Duration = Duration::from_secs(15);
+/// bore's control port: fixed in bore 0.6 (no flag), so the harness runs in a network
+/// namespace of its own where nothing else can hold it.
+pub const BORE_CONTROL_PORT: u16 = 7835;
+const TOKEN: &str = "pipebench-token";
+/// socat's listen backlog: tokio's default, which the relay gets. socat's own default (5)
+/// drops connections when the memory workload opens them 128 at a time.
+const SOCAT_BACKLOG: u32 = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The client talks to the backend itself.
+    Direct,
+    /// `pipec relay`.
+    Relay,
+    /// `socat TCP-LISTEN:..,fork,reuseaddr TCP:..`.
+    Socat,
+    /// `piped` + `pipec`.
+    Pipe { tls: bool, udp: bool },
+    /// rathole server + client.
+    Rathole { noise: bool, udp: bool },
+    /// `bore server` + `bore local`.
+    Bore,
+}
+
+/// The plain tunnel, TCP forward only.
+pub const PIPE: Kind = Kind::Pipe {
+    tls: false,
+    udp: false,
+};
+/// The tunnel with TLS on the control connection (issue 6).
+pub const PIPE_TLS: Kind = Kind::Pipe {
+    tls: true,
+    udp: false,
+};
+/// The tunnel with a TCP and a UDP forward on one port number (iperf3 -u needs both).
+pub const PIPE_UDP: Kind = Kind::Pipe {
+    tls: false,
+    udp: true,
+};
+/// rathole with its tcp transport.
+pub const RATHOLE: Kind = Kind::Rathole {
+    noise: false,
+    udp: false,
+};
+/// rathole with its Noise transport (issue 6's encrypted peer).
+pub const RATHOLE_NOISE: Kind = Kind::Rathole {
+    noise: true,
+    udp: false,
+};
+/// rathole with a TCP and a UDP service on one port number.
+pub const RATHOLE_UDP: Kind = Kind::Rathole {
+    noise: false,
+    udp: true,
+};
+
+#[derive(Clone, Debug)]
+pub struct System {
+    /// Name in the report, e.g. `pipe`, `relay`, `pipe@split64k` for an A/B variant.
+    pub name: String,
+    pub kind: Kind,
+    /// Where `piped`/`pipec` live (pipe systems only).
+    pub bin_dir: PathBuf,
+    /// Extra environment for `piped`/`pipec` (an A/B variant, e.g. `LD_PRELOAD`).
+    pub env: Vec<(String, String)>,
+}
+
+/// Paths and scratch space every system may need.
+pub struct Env {
+    pub work: PathBuf,
+    pub rathole: PathBuf,
+    pub bore: PathBuf,
+    /// PEM files for pipe's TLS: (CA, server cert, server key).
+    pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// rathole noise keys: (private, public), base64.
+    pub noise: Option<(String, String)>,
+}
+
+pub struct Running {
+    pub procs: Vec<Proc>,
+    /// The port visitors connect to (TCP; for UDP systems the same number for both).
+    pub port: u16,
+}
+
+impl Running {
+    pub fn pgids(&self) -> Vec<u32> {
+        self.procs.iter().map(Proc::pid).collect()
+    }
+
+    pub fn stop(mut self) {
+        for p in self.procs.iter_mut().rev() {
+            p.stop();
+        }
+    }
+
+    /// Fails if any process of the system has died.
+    pub fn check_alive(&mut self) -> Result<(), String> {
+        for p in &mut self.procs {
+            if !p.alive() {
+                let name = p.name.clone();
+                return Err(format!("{name} died: {}", p.tail()));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn drain(&mut self) {
+        for p in &mut self.procs {
+            p.drain();
+        }
+    }
+}
+
+/// Starts `sys` forwarding to 127.0.0.1:`backend`. For UDP systems `udp_port` is the
+/// public port to use for both the TCP and the UDP forward (iperf3 needs both).
+pub fn start(
+    sys: &System,
+    env: &Env,
+    backend: u16,
+    udp_port: Option<u16>,
+) -> Result<Running, String> {
+    match sys.kind {
+        Kind::Direct => Ok(Running {
+            procs: vec![],
+            port: backend,
+        }),
+        Kind::Relay => {
+            let mut p = Proc::spawn(
+                &sys.name,
+                Command::new(sys.bin_dir.join("pipec"))
+                    .envs(sys.env.clone())
+                    .args([
+                        "relay".to_string(),
+                        "tcp:127.0.0.1:0".to_string(),
+                        format!("tcp:127.0.0.1:{backend}"),
+                    ]),
+                false,
+            )?;
+            let port = p.wait_for(READY, |l| {
+                l.strip_prefix("listening on tcp:")
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| p.parse::<u16>().ok())
+            })?;
+            Ok(Running {
+                procs: vec![p],
+                port,
+            })
+        }
+        Kind::Socat => {
+            let port = free_tcp_port();
+            let p = Proc::spawn(
+                &sys.name,
+                Command::new("socat").args([
+                    format!(
+                        "TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog={SOCAT_BACKLOG}{}",
+                        std::env::var("SOCAT_EXTRA").unwrap_or_default()
+                    ),
+                    format!("TCP:127.0.0.1:{backend}"),
+                ]),
+                false,
+            )?;
+            wait_listening(port, READY)?;
+            Ok(Running {
+                procs: vec![p],
+                port,
+            })
+        }
+        Kind::Pipe { tls, udp } => {
+            start_pipe(sys, env, backend, tls, udp.then_some(udp_port).flatten())
+        }
+        Kind::Rathole { noise, udp } => {
+            start_rathole(sys, env, backend, noise, udp.then_some(udp_port).flatten())
+        }
+        Kind::Bore => start_bore(sys, env, backend),
+    }
+}
+
+fn start_pipe(
+    sys: &System,
+    env: &Env,
+    backend: u16,
+    tls: bool,
+    udp: Option<u16>,
+) -> Result<Running, String> {
+    let mut server_args: Vec<String> = [
+        "--listen",
+        "127.0.0.1:0",
+        "--bind-addr",
+        "127.0.0.1",
+        "--token",
+        TOKEN,
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut client_extra: Vec<String> = Vec::new();
+    if tls {
+        let (ca, cert, key) = env.tls.as_ref().ok_or("no TLS certificate was generated")?;
+        server_args.extend([
+            "--tls-cert".into(),
+            cert.display().to_string(),
+            "--tls-key".into(),
+            key.display().to_string(),
+        ]);
+        client_extra.extend(["--tls".into(), "--tls-ca".into(), ca.display().to_string()]);
+    }
+    let mut server = Proc::spawn(
+        &format!("{} piped", sys.name),
+        Command::new(sys.bin_dir.join("piped"))
+            .envs(sys.env.clone())
+            .args(&server_args),
+        false,
+    )?;
+    let addr = server.wait_for(READY, |l| {
+        l.strip_prefix("listening on ")
+            .map(|a| a.trim().to_string())
+    })?;
+    let mut client_args: Vec<String> =
+        vec!["--server".into(), addr, "--token".into(), TOKEN.into()];
+    client_args.extend(client_extra);
+    let forwards = match udp {
+        Some(p) => vec![
+            format!("tcp:127.0.0.1:{backend}:{p}"),
+            format!("udp:127.0.0.1:{backend}:{p}"),
+        ],
+        None => vec![format!("tcp:127.0.0.1:{backend}:0")],
+    };
+    for f in &forwards {
+        client_args.extend(["--forward".into(), f.clone()]);
+    }
+    let mut client = Proc::spawn(
+        &format!("{} pipec", sys.name),
+        Command::new(sys.bin_dir.join("pipec"))
+            .envs(sys.env.clone())
+            .args(&client_args),
+        false,
+    )?;
+    let mut port = 0;
+    for want in ["tcp://", "udp://"].iter().take(forwards.len()) {
+        port = client
+            .wait_for(READY, |l| {
+                l.strip_prefix("forwarding ")
+                    .filter(|r| r.starts_with(want))
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|u| u.rsplit(':').next())
+                    .and_then(|p| p.parse::<u16>().ok())
+            })
+            .map_err(|e| format!("{e} (server: {})", server.tail()))?;
+    }
+    Ok(Running {
+        procs: vec![server, client],
+        port,
+    })
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn start_rathole(
+    sys: &System,
+    env: &Env,
+    backend: u16,
+    noise: bool,
+    udp: Option<u16>,
+) -> Result<Running, String> {
+    if !env.rathole.exists() {
+        return Err(format!("{} is not installed", env.rathole.display()));
+    }
+    let control = free_tcp_port();
+    let public = udp.unwrap_or_else(free_tcp_port);
+    let (s_transport, c_transport) = if noise {
+        let (private, public_key) = env.noise.as_ref().ok_or("no noise keys")?;
+        (
+            format!("type = \"noise\"\n[server.transport.noise]\nlocal_private_key = \"{private}\"\n"),
+            format!("type = \"noise\"\n[client.transport.noise]\nremote_public_key = \"{public_key}\"\n"),
+        )
+    } else {
+        (
+            "type = \"tcp\"\n".to_string(),
+            "type = \"tcp\"\n".to_string(),
+        )
+    };
+    let mut s = format!(
+        "[server]\nbind_addr = \"127.0.0.1:{control}\"\ndefault_token = \"{TOKEN}\"\n\
+         [server.services.bench]\nbind_addr = \"127.0.0.1:{public}\"\n"
+    );
+    let mut c = format!(
+        "[client]\nremote_addr = \"127.0.0.1:{control}\"\ndefault_token = \"{TOKEN}\"\n\
+         [client.services.bench]\nlocal_addr = \"127.0.0.1:{backend}\"\n"
+    );
+    if udp.is_some() {
+        s += &format!(
+            "[server.services.benchudp]\ntype = \"udp\"\nbind_addr = \"127.0.0.1:{public}\"\n"
+        );
+        c += &format!(
+            "[client.services.benchudp]\ntype = \"udp\"\nlocal_addr = \"127.0.0.1:{backend}\"\n"
+        );
+    }
+    s += &format!("[server.transport]\n{s_transport}");
+    c += &format!("[client.transport]\n{c_transport}");
+    let sp = env.work.join(format!("rathole-server-{control}.toml"));
+    let cp = env.work.join(format!("rathole-client-{control}.toml"));
+    write(&sp, &s)?;
+    write(&cp, &c)?;
+    let mut server = Proc::spawn(
+        &format!("{} server", sys.name),
+        Command::new(&env.rathole).arg("--server").arg(&sp),
+        false,
+    )?;
+    wait_listening(control, READY).map_err(|e| format!("{e}: {}", server.tail()))?;
+    let mut client = Proc::spawn(
+        &format!("{} client", sys.name),
+        Command::new(&env.rathole).arg("--client").arg(&cp),
+        false,
+    )?;
+    // The server binds a service's port once that service's control channel is up.
+    let want = format!("Listening at 127.0.0.1:{public}");
+    for _ in 0..(if udp.is_some() { 2 } else { 1 }) {
+        server
+            .wait_for(READY, |l| l.contains(&want).then_some(()))
+            .map_err(|e| format!("{e} (client: {})", client.tail()))?;
+    }
+    client.drain();
+    Ok(Running {
+        procs: vec![server, client],
+        port: public,
+    })
+}
+
+fn start_bore(sys: &System, env: &Env, backend: u16) -> Result<Running, String> {
+    if !env.bore.exists() {
+        return Err(format!("{} is not installed", env.bore.display()));
+    }
+    if tcp_listening(BORE_CONTROL_PORT) {
+        return Err(format!(
+            "bore's fixed control port {BORE_CONTROL_PORT} is taken (run through benches/run.sh, which uses a network namespace)"
+        ));
+    }
+    let mut server = Proc::spawn(
+        &format!("{} server", sys.name),
+        Command::new(&env.bore).args(["server", "--bind-addr", "127.0.0.1"]),
+        false,
+    )?;
+    wait_listening(BORE_CONTROL_PORT, READY).map_err(|e| format!("{e}: {}", server.tail()))?;
+    let mut client = Proc::spawn(
+        &format!("{} local", sys.name),
+        Command::new(&env.bore).args([
+            "local".to_string(),
+            backend.to_string(),
+            "--local-host".into(),
+            "127.0.0.1".into(),
+            "--to".into(),
+            "127.0.0.1".into(),
+        ]),
+        false,
+    )?;
+    let port = client.wait_for(READY, |l| {
+        l.split("listening at ")
+            .nth(1)
+            .and_then(|a| a.trim().rsplit(':').next())
+            .and_then(|p| p.parse::<u16>().ok())
+    })?;
+    Ok(Running {
+        procs: vec![server, client],
+        port,
+    })
+}

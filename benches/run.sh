@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The benchmark harness (issue 5): one command from a fresh clone.
+#
+#   bash benches/run.sh [pipebench run options]
+#
+# 1. installs what is missing: socat and iperf3 (apt-get), rathole 0.5.0 and bore-cli
+#    0.6.0 (cargo install into benches/.cache, which git ignores);
+# 2. builds piped/pipec (release) and the harness/load generator (benches/pipebench);
+# 3. raises the open-file limit, enters a network namespace of its own (bore's control
+#    port is fixed at 7835; the namespace also keeps the run away from anything else on
+#    the machine's loopback) and runs every workload over every system in one run;
+# 4. writes docs/BENCHMARKS.md (and the raw run to benches/.cache/last-run.json).
+#
+# Options go to `pipebench run`, e.g. `--rounds 3`, `--workloads tcp,echo`,
+# `--only pipe,rathole`, `--out-md /tmp/x.md`, `--variant LABEL=DIR` (A/B another build
+# of piped/pipec). CARGO_TARGET_DIR is honoured. Takes ~10 minutes of measuring on a
+# 2-core machine, plus the builds the first time.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+CACHE="$ROOT/benches/.cache"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+mkdir -p "$CACHE"
+
+say() { echo "run.sh: $*" >&2; }
+
+# --- 1. tools -----------------------------------------------------------------------
+missing=()
+for t in socat iperf3; do command -v "$t" >/dev/null || missing+=("$t"); done
+if ((${#missing[@]})); then
+    say "installing ${missing[*]}"
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    else
+        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    fi
+fi
+
+install_peer() { # crate version binary
+    local crate=$1 version=$2 bin=$3
+    if [ -x "$CACHE/bin/$bin" ] && "$CACHE/bin/$bin" --version 2>/dev/null | grep -q "$version"; then
+        return
+    fi
+    say "cargo install $crate $version (once; cached in benches/.cache)"
+    # --locked first (the exact dependencies the release shipped with); rathole 0.5.0's
+    # lock file pins a `time` crate that newer rustc refuses, so fall back to a fresh
+    # resolution within its semver ranges.
+    cargo install --quiet --locked "$crate" --version "$version" --root "$CACHE" ||
+        cargo install --quiet "$crate" --version "$version" --root "$CACHE" ||
+        say "could not install $crate: its rows will say 'not available'"
+}
+install_peer rathole 0.5.0 rathole
+install_peer bore-cli 0.6.0 bore
+
+# --- 2. build -----------------------------------------------------------------------
+say "building release binaries into $TARGET"
+cargo build --release --bins
+BENCH=$(cargo bench --bench pipebench --no-run --message-format=json 2>/dev/null |
+    grep -o '"executable":"[^"]*pipebench[^"]*"' | tail -1 | cut -d'"' -f4)
+[ -x "$BENCH" ] || { say "could not find the pipebench binary"; exit 1; }
+
+# --- 3. limits and namespace ----------------------------------------------------------
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 20000 ]; then
+    say "warning: open-file limit is $(ulimit -n); the 10,000-connection rows need ~20,000"
+fi
+
+ARGS=(run --root "$ROOT" --bin-dir "$TARGET/release" --cache "$CACHE"
+    --out-md "$ROOT/docs/BENCHMARKS.md" --out-json "$CACHE/last-run.json"
+    --command "bash benches/run.sh${*:+ $*}" "$@")
+
+NS="pipebench-$$"
+if [ "$(id -u)" = 0 ] && ip netns add "$NS" 2>/dev/null; then
+    trap 'ip netns del "$NS" 2>/dev/null || true' EXIT
+    ip netns exec "$NS" ip link set lo up
+    say "measuring inside network namespace $NS"
+    ip netns exec "$NS" "$BENCH" "${ARGS[@]}"
+else
+    say "no network namespace (needs root): measuring on the host loopback; bore needs port 7835 free"
+    "$BENCH" "${ARGS[@]}"
+fi
