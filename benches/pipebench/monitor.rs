@@ -66,24 +66,8 @@ struct ProcStat {
 
 fn read_procs() -> HashMap<u32, ProcStat> {
     let mut out = HashMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = stat[open + 1..close].to_string();
-        let f: Vec<u64> = stat[close + 2..]
-            .split_whitespace()
-            .map(|v| v.parse().unwrap_or(0))
-            .collect();
+    for (pid, comm, fields) in crate::procs::proc_stats() {
+        let f: Vec<u64> = fields.iter().map(|v| v.parse().unwrap_or(0)).collect();
         // After the name: state (parsed as 0), ppid, …, utime f[11], stime f[12],
         // cutime f[13], cstime f[14].
         if f.len() < 15 {

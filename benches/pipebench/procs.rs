@@ -224,8 +224,10 @@ fn signal_group(pgid: u32, sig: &str) {
         .status();
 }
 
-/// PIDs of every live process whose process group is `pgid`.
-fn group_members(pgid: u32) -> Vec<(u32, Vec<String>)> {
+/// `/proc/PID/stat` of every live process, split: (pid, command name, the fields after
+/// the name). The name is in parentheses and may hold spaces, so it is cut at the last
+/// `)`; after it come f[0] state, f[1] ppid, f[2] pgrp, … f[11] utime, f[12] stime.
+pub fn proc_stats() -> Vec<(u32, String, Vec<String>)> {
     let mut out = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return out;
@@ -237,17 +239,26 @@ fn group_members(pgid: u32) -> Vec<(u32, Vec<String>)> {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
             continue;
         };
-        let f: Vec<String> = rest.split_whitespace().map(str::to_string).collect();
-        // f[0] state, f[1] ppid, f[2] pgrp.
-        if f.get(2).and_then(|p| p.parse::<u32>().ok()) == Some(pgid) {
-            out.push((pid, f));
-        }
+        let comm = stat[open + 1..close].to_string();
+        let f = stat[close + 1..]
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        out.push((pid, comm, f));
     }
     out
+}
+
+/// PIDs of every live process whose process group is `pgid`.
+fn group_members(pgid: u32) -> Vec<(u32, Vec<String>)> {
+    proc_stats()
+        .into_iter()
+        .filter(|(_, _, f)| f.get(2).and_then(|p| p.parse::<u32>().ok()) == Some(pgid))
+        .map(|(pid, _, f)| (pid, f))
+        .collect()
 }
 
 /// Sets the CPU affinity of every thread of every process in the group (`taskset -a`).
