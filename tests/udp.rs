@@ -27,6 +27,25 @@ async fn roundtrip(sock: &UdpSocket, msg: &[u8]) -> Vec<u8> {
     buf
 }
 
+/// A piped (with `server_args`) and a pipec forwarding a UDP echo and a TCP echo
+/// service; returns both processes and the public ports, UDP first.
+async fn udp_and_tcp_echo_tunnels(server_args: &[&str]) -> (Piped, Pipec, Vec<u16>) {
+    let echo = udp_echo().await;
+    let tcp_echo = echo_service().await;
+    let server = Piped::start(server_args);
+    let (c, ports) = Pipec::start(
+        server.addr,
+        &[
+            "--forward",
+            &format!("udp:127.0.0.1:{echo}:0"),
+            "--forward",
+            &format!("tcp:{}:0", tcp_echo.port),
+        ],
+        2,
+    );
+    (server, c, ports)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_visitors_get_their_own_replies() {
     let echo = udp_echo().await;
@@ -62,19 +81,7 @@ async fn twenty_visitors_get_their_own_replies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn largest_datagram_round_trips_intact_beside_tcp() {
-    let echo = udp_echo().await;
-    let tcp_echo = echo_service().await;
-    let server = Piped::start(&[]);
-    let (_c, ports) = Pipec::start(
-        server.addr,
-        &[
-            "--forward",
-            &format!("udp:127.0.0.1:{echo}:0"),
-            "--forward",
-            &format!("tcp:{}:0", tcp_echo.port),
-        ],
-        2,
-    );
+    let (_server, _c, ports) = udp_and_tcp_echo_tunnels(&[]).await;
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     sock.connect(("127.0.0.1", ports[0])).await.unwrap();
     let big = random_bytes(65_507, 9);
@@ -190,19 +197,7 @@ async fn garbage_on_a_udp_stream_closes_only_that_forward() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_sockets_bind_the_udp_bind_addr_and_tcp_keeps_bind_addr() {
     // As on fly.io, where UDP must bind a different address than TCP.
-    let echo = udp_echo().await;
-    let tcp_echo = echo_service().await;
-    let server = Piped::start(&["--udp-bind-addr", "127.0.0.2"]);
-    let (_c, ports) = Pipec::start(
-        server.addr,
-        &[
-            "--forward",
-            &format!("udp:127.0.0.1:{echo}:0"),
-            "--forward",
-            &format!("tcp:{}:0", tcp_echo.port),
-        ],
-        2,
-    );
+    let (_server, _c, ports) = udp_and_tcp_echo_tunnels(&["--udp-bind-addr", "127.0.0.2"]).await;
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     sock.connect(("127.0.0.2", ports[0])).await.unwrap();
     assert_eq!(roundtrip(&sock, b"via 127.0.0.2").await, b"via 127.0.0.2");
