@@ -58,13 +58,11 @@ impl Harness {
         sys: &System,
         m: &mut BTreeMap<String, f64>,
     ) -> Result<(), String> {
-        let (mut server, backend) = self.iperf_server()?;
-        let mut run = systems::start(sys, &self.env, backend, None)?;
-        let result = (|| {
+        self.with_iperf(sys, None, |h, run, server| {
             for (streams, key) in [("1", "tcp1"), ("4", "tcp4")] {
-                let cpu0 = self.cpu(&run);
-                let v = self.iperf(run.port, &["-P", streams])?;
-                let cpu = self.cpu(&run) - cpu0;
+                let cpu0 = h.cpu(run);
+                let v = h.iperf(run.port, &["-P", streams])?;
+                let cpu = h.cpu(run) - cpu0;
                 let sum = &v["end"]["sum_received"];
                 let bps = sum["bits_per_second"]
                     .as_f64()
@@ -74,12 +72,23 @@ impl Harness {
                 if sys.kind != Kind::Direct && bytes > 0.0 {
                     metric(m, &format!("{key}_cpu_s_per_gb"), cpu / (bytes / 1e9));
                 }
-                run.check_alive()?;
-                run.drain();
-                server.drain();
+                settle(run, server)?;
             }
             Ok(())
-        })();
+        })
+    }
+
+    /// Starts an iperf3 server and `sys` in front of it, runs `body`, and stops both
+    /// whatever `body` returns.
+    fn with_iperf(
+        &mut self,
+        sys: &System,
+        public: Option<u16>,
+        body: impl FnOnce(&Self, &mut Running, &mut Proc) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let (mut server, backend) = self.iperf_server()?;
+        let mut run = systems::start(sys, &self.env, backend, public)?;
+        let result = body(self, &mut run, &mut server);
         run.stop();
         server.stop();
         result
@@ -92,14 +101,11 @@ impl Harness {
         sys: &System,
         m: &mut BTreeMap<String, f64>,
     ) -> Result<(), String> {
-        let (mut server, backend) = self.iperf_server()?;
-        let public = free_dual_port();
-        let mut run = systems::start(sys, &self.env, backend, Some(public))?;
-        let result = (|| {
-            let len = self.opts.udp_len.to_string();
-            let rate = self.opts.udp_rate.clone();
+        self.with_iperf(sys, Some(free_dual_port()), |h, run, server| {
+            let len = h.opts.udp_len.to_string();
+            let rate = h.opts.udp_rate.clone();
             for (key, rate) in [("udp", rate.as_str()), ("udpmax", "0")] {
-                let v = self.iperf(run.port, &["-u", "-b", rate, "-l", &len])?;
+                let v = h.iperf(run.port, &["-u", "-b", rate, "-l", &len])?;
                 let end = &v["end"];
                 let sum = match &end["sum_received"] {
                     s if s.is_object() => s,
@@ -114,15 +120,10 @@ impl Harness {
                     .as_f64()
                     .or_else(|| sum["lost_percent"].as_f64());
                 metric(m, &format!("{key}_loss_pct"), loss.unwrap_or(f64::NAN));
-                run.check_alive()?;
-                run.drain();
-                server.drain();
+                settle(run, server)?;
             }
             Ok(())
-        })();
-        run.stop();
-        server.stop();
-        result
+        })
     }
 
     pub(crate) fn echo_workload(
@@ -302,4 +303,13 @@ fn last_json(lines: Vec<String>) -> Result<serde_json::Value, String> {
         .rev()
         .find_map(|l| serde_json::from_str(l).ok())
         .ok_or_else(|| format!("no result: {}", lines.join(" | ")))
+}
+
+/// Between two iperf3 measurements: the system must still run; the output of both
+/// sides is taken in.
+fn settle(run: &mut Running, server: &mut Proc) -> Result<(), String> {
+    run.check_alive()?;
+    run.drain();
+    server.drain();
+    Ok(())
 }
