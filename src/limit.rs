@@ -67,6 +67,21 @@ impl RateLimiter {
         }
     }
 
+    /// Policing, for datagrams (which cannot wait in a socket the way a stream can):
+    /// takes `n` bytes and returns true when the bucket holds them, else takes nothing
+    /// and returns false (the caller drops the datagram). A datagram larger than the
+    /// burst passes when the bucket is full, so every size can get through.
+    pub fn try_take(&self, now: Instant, n: usize) -> bool {
+        let mut b = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.refill(&mut b, now);
+        if b.tokens >= (n as u64).min(self.burst) as f64 {
+            b.tokens -= n as f64;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Takes `n` bytes out of the bucket.
     pub fn consume(&self, now: Instant, n: usize) {
         let mut b = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -133,6 +148,25 @@ mod tests {
         tokio::time::advance(Duration::from_secs(10)).await;
         // Never more than the burst, however long it sat idle.
         assert_eq!(l.allowance(Instant::now(), usize::MAX), Ok(100_000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn policing_passes_the_rate_and_drops_the_rest() {
+        let l = RateLimiter::new(100_000);
+        let mut passed = 0;
+        // 1,000-byte datagrams offered at 400 KB/s for 10 s.
+        for _ in 0..4_000 {
+            if l.try_take(Instant::now(), 1_000) {
+                passed += 1;
+            }
+            tokio::time::advance(Duration::from_micros(2_500)).await;
+        }
+        // 10 s at 100 KB/s plus the 25 KB burst: 1,025 datagrams.
+        assert!((1_020..=1_030).contains(&passed), "{passed}");
+        // One larger than the burst passes only from a full bucket.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(l.try_take(Instant::now(), 60_000));
+        assert!(!l.try_take(Instant::now(), 1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -168,3 +168,58 @@ async fn per_forward_limit_from_the_config_file() {
         "{took:?}"
     );
 }
+
+/// Offers 1,000-byte datagrams at about 2 MB/s for one second through a UDP tunnel of
+/// a server started with `server_args`; returns how many echoes came back.
+async fn udp_echoes_through(server_args: &[&str]) -> usize {
+    let echo = udp_echo().await;
+    let server = Piped::start(server_args);
+    let (_c, ports) = Pipec::start(
+        server.addr,
+        &["--forward", &format!("udp:127.0.0.1:{echo}:0")],
+        1,
+    );
+    let sock = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    sock.connect(("127.0.0.1", ports[0])).await.unwrap();
+    let receiver = {
+        let sock = sock.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            let mut buf = [0u8; 2048];
+            // Until the replies stop for half a second (bounded by the send time).
+            while let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_millis(500), sock.recv(&mut buf)).await
+            {
+                n += 1;
+            }
+            n
+        })
+    };
+    let msg = [7u8; 1000];
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    for _ in 0..1000 {
+        tick.tick().await;
+        for _ in 0..2 {
+            let _ = sock.send(&msg).await;
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(10), receiver)
+        .await
+        .expect("receiver ends")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_tunnels_are_policed_at_the_speed_limit() {
+    // 100 KB/s per direction: in about 1.3 s of sending, 25 KB of burst plus 130 KB
+    // pass, roughly 155 datagrams of the 2,000 offered.
+    let limited = udp_echoes_through(&["--speed-limit", "100KB"]).await;
+    assert!(
+        (60..=300).contains(&limited),
+        "{limited} echoes through a 100 KB/s UDP tunnel"
+    );
+    // The same load without a limit: nearly everything comes back.
+    let free = udp_echoes_through(&[]).await;
+    eprintln!("echoes of 2,000: {limited} limited, {free} free");
+    assert!(free >= 1_500, "{free} echoes without a limit");
+}

@@ -52,7 +52,7 @@ fn describe() {
     );
     describe_counter!(
         "pipe_udp_dropped_total",
-        "Datagrams dropped because a UDP tunnel was congested."
+        "Datagrams dropped because a UDP tunnel was congested or over its speed limit."
     );
     describe_gauge!("pipe_uptime_seconds", "Seconds since the server started.");
     describe_gauge!(

@@ -3,6 +3,7 @@
 
 use super::state::{ConnGuard, TunnelInfo};
 use super::Ctx;
+use crate::limit::RateLimiter;
 use crate::protocol::{encode_datagram, write_frame, StreamHeader, STREAM_CONNECTED};
 use crate::transport::datagram::{read_frames, write_frames, DatagramQueue};
 use crate::transport::peers::PeerTable;
@@ -84,6 +85,24 @@ pub async fn run(socket: UdpSocket, t: Arc<UdpCtx>) -> Result<(), String> {
     let lock = || peers.lock().unwrap_or_else(|e| e.into_inner());
     let sweep_every = lock().table.sweep_every();
     let (bytes_in, bytes_out) = (&t.tunnel.stats.bytes_in, &t.tunnel.stats.bytes_out);
+    // The tunnel's speed limit, per direction, polices datagrams: over the rate they
+    // are dropped and counted, as a congested link would.
+    let limits = t
+        .tunnel
+        .speed_limit
+        .map(|r| (RateLimiter::new(r), RateLimiter::new(r)));
+    let dropped = &t.ctx.state.stats.udp_dropped;
+    let within = |limit: Option<&RateLimiter>, n: usize| {
+        let ok = limit.is_none_or(|l| l.try_take(Instant::now(), n));
+        if !ok {
+            dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    };
+    let (limit_in, limit_out) = match &limits {
+        Some((i, o)) => (Some(i), Some(o)),
+        None => (None, None),
+    };
 
     let inbound = async {
         let mut buf = vec![0u8; RECV_BUF];
@@ -92,6 +111,9 @@ pub async fn run(socket: UdpSocket, t: Arc<UdpCtx>) -> Result<(), String> {
             tokio::select! {
                 r = socket.recv_from(&mut buf) => match r {
                     Ok((n, addr)) => {
+                        if !within(limit_in, n) {
+                            continue;
+                        }
                         let id = lock().id_for(addr, Instant::now(), &t);
                         bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                         queue.push(encode_datagram(id, &buf[..n]));
@@ -105,7 +127,7 @@ pub async fn run(socket: UdpSocket, t: Arc<UdpCtx>) -> Result<(), String> {
     };
     let outbound = read_frames(r, |peer, payload| {
         let addr = lock().table.touch(peer, Instant::now()).map(|(a, _)| *a);
-        if let Some(addr) = addr {
+        if let Some(addr) = addr.filter(|_| within(limit_out, payload.len())) {
             // Fire and forget, as UDP is: a full socket buffer drops the datagram.
             if socket2::SockRef::from(&socket)
                 .send_to(&payload, &addr.into())
