@@ -53,6 +53,32 @@ fn admin_server(extra: &[&str]) -> (Piped, SocketAddr) {
     (server, admin)
 }
 
+/// An admin-enabled piped with one client forwarding an echo service.
+struct EchoTunnel {
+    echo: Echo,
+    _server: Piped,
+    _client: Pipec,
+    admin: SocketAddr,
+    port: u16,
+}
+
+async fn echo_tunnel() -> EchoTunnel {
+    let echo = echo_service().await;
+    let (server, admin) = admin_server(&[]);
+    let (client, ports) = Pipec::start(
+        server.addr,
+        &["--forward", &format!("tcp:127.0.0.1:{}:0", echo.port)],
+        1,
+    );
+    EchoTunnel {
+        echo,
+        _server: server,
+        _client: client,
+        admin,
+        port: ports[0],
+    }
+}
+
 /// The tunnel whose public port is `port`, from `/api/tunnels`.
 async fn tunnel_on(admin: SocketAddr, port: u16) -> Option<Value> {
     let r = get(admin, "/api/tunnels").await;
@@ -131,14 +157,9 @@ async fn without_an_admin_token_a_loopback_admin_is_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_lists_live_tunnels_and_clients_with_counters() {
-    let echo = echo_service().await;
-    let (server, admin) = admin_server(&[]);
-    let (_c, ports) = Pipec::start(
-        server.addr,
-        &["--forward", &format!("tcp:127.0.0.1:{}:0", echo.port)],
-        1,
-    );
-    let port = ports[0];
+    // Kept whole: its fields hold the processes alive.
+    let fx = echo_tunnel().await;
+    let (admin, port) = (fx.admin, fx.port);
     let msg = random_bytes(10_000, 7);
     assert_eq!(echo_roundtrip(port, &msg).await, msg);
 
@@ -150,7 +171,7 @@ async fn api_lists_live_tunnels_and_clients_with_counters() {
     .await;
     let t = tunnel_on(admin, port).await.expect("tunnel listed");
     assert_eq!(t["proto"], "tcp");
-    assert_eq!(t["local"], format!("127.0.0.1:{}", echo.port));
+    assert_eq!(t["local"], format!("127.0.0.1:{}", fx.echo.port));
     assert_eq!(t["connections_total"], 1);
     assert!(t["id"].as_u64().is_some());
 
@@ -178,14 +199,9 @@ async fn api_lists_live_tunnels_and_clients_with_counters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_with_real_traffic() {
-    let echo = echo_service().await;
-    let (server, admin) = admin_server(&[]);
-    let (_c, ports) = Pipec::start(
-        server.addr,
-        &["--forward", &format!("tcp:127.0.0.1:{}:0", echo.port)],
-        1,
-    );
-    let port = ports[0];
+    // Kept whole: its fields hold the processes alive.
+    let fx = echo_tunnel().await;
+    let (admin, port) = (fx.admin, fx.port);
     assert_eq!(scrape(admin, "pipe_clients").await, 1.0);
     assert_eq!(scrape(admin, r#"pipe_tunnels{proto="tcp"}"#).await, 1.0);
     assert_eq!(scrape(admin, r#"pipe_tunnels{proto="udp"}"#).await, 0.0);

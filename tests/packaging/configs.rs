@@ -73,6 +73,23 @@ fn accepted_keys<T: serde::de::DeserializeOwned + std::fmt::Debug>(
 }
 
 /// The file with every `# key = value` line (an optional setting) made active.
+/// The example `text` with its optional settings switched on, parsed; asserts that its
+/// top-level keys are exactly the ones the loader `T` accepts.
+fn with_every_key<T: serde::de::DeserializeOwned + std::fmt::Debug>(
+    text: &str,
+    name: &str,
+) -> (String, toml::Table) {
+    let all = uncommented(text);
+    let table: toml::Table = toml::from_str(&all).unwrap();
+    let shown: BTreeSet<String> = table.keys().cloned().collect();
+    assert_eq!(
+        shown,
+        accepted_keys::<T>(""),
+        "keys in {name} vs the loader's"
+    );
+    (all, table)
+}
+
 fn uncommented(text: &str) -> String {
     text.lines()
         .map(|l| match l.strip_prefix("# ") {
@@ -117,14 +134,7 @@ fn check_piped_toml(path: &Path) {
 
     // With the optional settings switched on: every key the loader accepts is shown.
     let dir = tempfile::tempdir().unwrap();
-    let all = uncommented(&text);
-    let table: toml::Table = toml::from_str(&all).unwrap();
-    let shown: BTreeSet<String> = table.keys().cloned().collect();
-    assert_eq!(
-        shown,
-        accepted_keys::<ServerFile>(""),
-        "keys in piped.toml vs the loader's"
-    );
+    let (all, _) = with_every_key::<ServerFile>(&text, "piped.toml");
     server_config(&write_temp(dir.path(), "piped-all.toml", &all));
 }
 
@@ -157,14 +167,7 @@ fn check_pipec_toml(path: &Path) {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let all = uncommented(&text);
-    let table: toml::Table = toml::from_str(&all).unwrap();
-    let shown: BTreeSet<String> = table.keys().cloned().collect();
-    assert_eq!(
-        shown,
-        accepted_keys::<ClientFile>(""),
-        "keys in pipec.toml vs the loader's"
-    );
+    let (all, table) = with_every_key::<ClientFile>(&text, "pipec.toml");
     let forwards = table["forward"].as_array().expect("[[forward]] tables");
     let forward_keys: BTreeSet<String> = forwards
         .iter()
