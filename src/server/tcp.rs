@@ -100,8 +100,7 @@ async fn carry(
         limit_b_to_a: t.limits.as_ref().map(|l| l.1.clone()),
         half_closed_idle: None,
     };
-    splice(sock, &mut stream, opts)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    let result = splice(sock, &mut stream, opts).await;
+    tcp::pass_reset(&result, sock);
+    result.map(|_| ()).map_err(|e| e.to_string())
 }

@@ -9,6 +9,7 @@ pub mod datagram;
 pub mod mux;
 pub mod peers;
 pub mod splice;
+mod stream;
 pub mod tcp;
 pub mod tls;
 

@@ -11,12 +11,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::AbortOnDropHandle;
 
-/// A yamux stream seen through tokio's I/O traits.
-pub type MuxStream = Compat<yamux::Stream>;
+pub use super::stream::MuxStream;
 
 pub use yamux::Mode;
 
@@ -85,7 +83,7 @@ impl Mux {
         let (tx, rx) = oneshot::channel();
         self.open_tx.send(tx).await.map_err(|_| MuxError::Closed)?;
         match rx.await {
-            Ok(Ok(s)) => Ok(s.compat()),
+            Ok(Ok(s)) => Ok(MuxStream::new(s)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(MuxError::Closed),
         }
@@ -161,7 +159,7 @@ where
         }
         loop {
             match this.conn.poll_next_inbound(cx) {
-                Poll::Ready(Some(Ok(stream))) => (this.on_inbound)(stream.compat()),
+                Poll::Ready(Some(Ok(stream))) => (this.on_inbound)(MuxStream::new(stream)),
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
                 Poll::Ready(None) => return Poll::Ready(Ok(())),
                 Poll::Pending => return Poll::Pending,
