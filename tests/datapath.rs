@@ -5,10 +5,20 @@
 mod common;
 
 use common::*;
-use std::time::Duration;
+use pipe::auth::client_handshake;
+use pipe::protocol::{
+    ClientMsg, ForwardRequest, MessageStream, Proto, ServerMsg, CLIENT_ID_LEN, MAX_CONTROL_FRAME,
+};
+use pipe::transport::mux;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 /// What the backend sends before it resets.
 const BEFORE_RESET: usize = 64 * 1024;
@@ -140,4 +150,181 @@ async fn a_clean_close_stays_a_clean_close() {
     let (n, end) = read_to_end_or_error(&mut v).await;
     end.unwrap();
     assert_eq!(n, data.len());
+}
+
+/// A socket shared between a yamux driver and the test, which writes raw frames on it
+/// once the driver is gone.
+struct Tap(Arc<TcpStream>);
+
+impl futures::io::AsyncRead for Tap {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+}
+
+impl futures::io::AsyncWrite for Tap {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(data) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Logs in for real and opens one TCP forward, then stops its yamux driver between
+/// frames and hands back the raw socket and the forward's public port.
+async fn mock_peer(server: SocketAddr, id: u8) -> (Arc<TcpStream>, u16) {
+    let sock = Arc::new(TcpStream::connect(server).await.unwrap());
+    let (mux, driver) = mux::start(
+        Tap(sock.clone()),
+        mux::config(16),
+        mux::Mode::Client,
+        |_| {},
+        CancellationToken::new(),
+    );
+    let driver = tokio::spawn(driver);
+    let mut ctl = MessageStream::new(mux.open().await.unwrap(), MAX_CONTROL_FRAME);
+    tokio::time::timeout(WAIT, client_handshake(&mut ctl, None, &[id; CLIENT_ID_LEN]))
+        .await
+        .unwrap()
+        .unwrap();
+    let req = ForwardRequest {
+        id: 0,
+        proto: Proto::Tcp,
+        remote_port: 0,
+        subdomain: None,
+        speed_limit: None,
+        local: "127.0.0.1:9".into(),
+    };
+    ctl.send(&ClientMsg::Forward(req)).await.unwrap();
+    let reply = tokio::time::timeout(WAIT, ctl.recv::<ServerMsg>())
+        .await
+        .unwrap();
+    let Ok(ServerMsg::ForwardOk { remote_port, .. }) = reply else {
+        panic!("forward refused: {reply:?}");
+    };
+    driver.abort();
+    let _ = driver.await;
+    (sock, remote_port)
+}
+
+/// yamux frame: version 0, type, flags, stream id, length, then `body`.
+fn frame(kind: u8, flags: u16, stream: u32, len: u32, body: usize) -> Vec<u8> {
+    let mut f = vec![0, kind];
+    f.extend_from_slice(&flags.to_be_bytes());
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(&len.to_be_bytes());
+    f.extend(std::iter::repeat_n(0u8, body));
+    f
+}
+
+const DATA: u8 = 0;
+const WINDOW_UPDATE: u8 = 1;
+const PING: u8 = 2;
+const SYN: u16 = 1;
+const ACK: u16 = 2;
+/// yamux's initial stream window: a first frame may carry at most this.
+const FIRST_FRAME_MAX: usize = 256 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yamux_protocol_violation_ends_that_session_within_1s() {
+    let echo = echo_service().await;
+    let server = Piped::start(&[]);
+    let (_c, ports) = Pipec::start(
+        server.addr,
+        &["--forward", &format!("tcp:{}:0", echo.port)],
+        1,
+    );
+    let big = FIRST_FRAME_MAX + 1;
+    let violations = [
+        (
+            "window update overflowing the send window",
+            frame(WINDOW_UPDATE, 0, 1, u32::MAX, 0),
+        ),
+        (
+            "first frame over the initial window",
+            frame(DATA, SYN, 3, big as u32, big),
+        ),
+        ("unsolicited pong", frame(PING, ACK, 0, 12345, 0)),
+        ("reused stream id", frame(DATA, SYN, 1, 1, 1)),
+    ];
+    for (i, (what, bytes)) in violations.into_iter().enumerate() {
+        let (sock, port) = mock_peer(server.addr, 100 + i as u8).await;
+        assert!(!port_free(port), "{what}: forward not bound");
+        let t = Instant::now();
+        raw_write(&sock, &bytes).await;
+        // The server answers with GoAway and closes the connection.
+        raw_read_to_end(&sock, what).await;
+        let closed = t.elapsed();
+        eventually(Duration::from_secs(2), "port freed", || port_free(port)).await;
+        let freed = t.elapsed();
+        assert!(
+            closed <= Duration::from_secs(1),
+            "{what}: closed after {closed:?}"
+        );
+        assert!(
+            freed <= Duration::from_secs(1),
+            "{what}: port freed after {freed:?}"
+        );
+        assert_eq!(
+            echo_roundtrip(ports[0], b"still here").await,
+            b"still here",
+            "{what}"
+        );
+    }
+}
+
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+async fn raw_write(s: &TcpStream, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        s.writable().await.unwrap();
+        match s.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+}
+
+async fn raw_read_to_end(s: &TcpStream, what: &str) {
+    let mut sink = vec![0u8; 4096];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ready = tokio::time::timeout_at(deadline, s.readable()).await;
+        assert!(ready.is_ok(), "{what}: session still open after {WAIT:?}");
+        match s.try_read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
 }

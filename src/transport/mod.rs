@@ -6,6 +6,7 @@
 pub mod alloc;
 pub mod bufio;
 pub mod datagram;
+mod goaway;
 pub mod mux;
 pub mod peers;
 pub mod splice;

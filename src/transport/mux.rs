@@ -3,7 +3,8 @@
 //! Everything else talks to it through `Mux` (open an outbound stream) and receives
 //! inbound streams through the callback given at start. All socket I/O, pings and
 //! window updates happen inside `poll_next_inbound`, so the driver polls it on every
-//! wake-up, also on the side that never expects inbound streams.
+//! wake-up, also on the side that never expects inbound streams. A protocol violation
+//! by the peer ends the driver at once (see `goaway`).
 
 use futures::io::{AsyncRead, AsyncWrite};
 use std::collections::VecDeque;
@@ -14,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::AbortOnDropHandle;
 
+use super::goaway::Watch;
 pub use super::stream::MuxStream;
 
 pub use yamux::Mode;
@@ -106,7 +108,7 @@ where
 {
     let (open_tx, open_rx) = mpsc::channel(OPEN_QUEUE);
     let driver = Driver {
-        conn: yamux::Connection::new(io, cfg, mode),
+        conn: yamux::Connection::new(Watch::new(io), cfg, mode),
         open_rx,
         pending: VecDeque::new(),
         on_inbound,
@@ -118,7 +120,7 @@ where
 
 /// The session's driver future; spawn it. Resolves with how the session ended.
 pub struct Driver<T, F> {
-    conn: yamux::Connection<T>,
+    conn: yamux::Connection<Watch<T>>,
     open_rx: mpsc::Receiver<OpenReply>,
     pending: VecDeque<OpenReply>,
     on_inbound: F,
