@@ -328,3 +328,61 @@ async fn raw_read_to_end(s: &TcpStream, what: &str) {
         }
     }
 }
+
+/// Opens a connection to `port` and checks it echoes; `None` when it was refused.
+async fn served(port: u16) -> Option<TcpStream> {
+    let mut v = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    v.write_all(b"e").await.ok()?;
+    let mut b = [0u8; 1];
+    match tokio::time::timeout(WAIT, v.read(&mut b)).await {
+        Ok(Ok(1)) => Some(v),
+        Ok(_) => None,
+        Err(_) => panic!("a visitor was neither served nor refused"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_past_one_tunnels_cap_leaves_its_siblings_serving() {
+    let echo = echo_service().await;
+    // Session cap 30 over 3 tunnels: each keeps 5 (half its share) for itself.
+    let server = Piped::start(&["--max-streams", "30"]);
+    let f = format!("tcp:{}:0", echo.port);
+    let (_c, ports) = Pipec::start(
+        server.addr,
+        &["--forward", &f, "--forward", &f, "--forward", &f],
+        3,
+    );
+    let mut flood = Vec::new();
+    let mut refused = 0;
+    for _ in 0..40 {
+        match served(ports[0]).await {
+            Some(v) => flood.push(v),
+            None => refused += 1,
+        }
+    }
+    assert_eq!(
+        flood.len(),
+        20,
+        "the flooded tunnel gets all but the reserves"
+    );
+    assert_eq!(refused, 20);
+    for &sibling in &ports[1..] {
+        for i in 0..20 {
+            assert!(
+                served(sibling).await.is_some(),
+                "sibling request {i} refused"
+            );
+        }
+        let mut held = Vec::new();
+        for i in 0..5 {
+            held.push(
+                served(sibling)
+                    .await
+                    .unwrap_or_else(|| panic!("held {i} refused")),
+            );
+        }
+        flood.extend(held);
+    }
+    // Everything is taken now; the session cap still holds.
+    assert!(served(ports[1]).await.is_none());
+}

@@ -10,6 +10,7 @@ mod pending;
 mod ports;
 mod session;
 pub mod state;
+mod streams;
 mod tcp;
 mod udp;
 
