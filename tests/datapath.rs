@@ -386,3 +386,47 @@ async fn a_flood_past_one_tunnels_cap_leaves_its_siblings_serving() {
     // Everything is taken now; the session cap still holds.
     assert!(served(ports[1]).await.is_none());
 }
+
+/// Connects from a chosen loopback source address (127.0.0.N), as a distinct peer.
+async fn connect_from(src: [u8; 4], to: SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::from((src, 0))).unwrap();
+    sock.connect(to).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_table_full_of_silent_connections_lets_a_real_login_in_within_1s() {
+    let echo = echo_service().await;
+    // The defaults: 1,024 pending in all, 128 per address; 8 addresses fill it.
+    let server = Piped::start(&[]);
+    let mut silent = Vec::new();
+    for i in 0..8u8 {
+        for _ in 0..128 {
+            silent.push(connect_from([127, 0, 0, 2 + i], server.addr).await);
+        }
+    }
+    // One more from a ninth address finds the table full: room is made for it too.
+    silent.push(connect_from([127, 0, 0, 10], server.addr).await);
+    let t = Instant::now();
+    let (_c, ports) = Pipec::start(
+        server.addr,
+        &["--forward", &format!("tcp:{}:0", echo.port)],
+        1,
+    );
+    let took = t.elapsed();
+    assert!(took <= Duration::from_secs(1), "logged in after {took:?}");
+    assert_eq!(echo_roundtrip(ports[0], b"in").await, b"in");
+    // Only the largest holders paid: two of the 1,025 silent ones were dropped.
+    let reads = silent.iter_mut().map(|s| async move {
+        let mut b = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(500), s.read(&mut b)).await {
+            Ok(r) => {
+                assert!(matches!(r, Ok(0) | Err(_)));
+                1
+            }
+            Err(_) => 0,
+        }
+    });
+    let dropped: usize = futures::future::join_all(reads).await.into_iter().sum();
+    assert_eq!(dropped, 2);
+}

@@ -64,7 +64,12 @@ pub async fn serve<IO>(
         let who = server_handshake(&mut ctl, token.as_ref(), refusal).await;
         Ok::<_, LoginError>((ctl, who))
     };
-    let (mut ctl, who) = match tokio::time::timeout_at(deadline, login).await {
+    let login = permit.unless_evicted(tokio::time::timeout_at(deadline, login));
+    let Some(login) = login.await else {
+        debug!("not logged in while the pending table was full; dropped");
+        return;
+    };
+    let (mut ctl, who) = match login {
         Err(_) => {
             debug!("no login within the login timeout; dropped");
             return;
