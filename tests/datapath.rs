@@ -430,3 +430,75 @@ async fn a_pending_table_full_of_silent_connections_lets_a_real_login_in_within_
     let dropped: usize = futures::future::join_all(reads).await.into_iter().sum();
     assert_eq!(dropped, 2);
 }
+
+/// How many TIME-WAIT sockets the "any port" test leaves in the ephemeral range.
+const TIME_WAIT_SOCKETS: usize = 10_000;
+
+/// Leaves `n` client sockets in TIME-WAIT on 127.0.0.1 and returns the local ports
+/// they now block.
+fn time_wait_ports(n: usize) -> Vec<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = l.local_addr().unwrap();
+    let mut ports = Vec::with_capacity(n);
+    for _ in 0..n {
+        let c = std::net::TcpStream::connect(to).unwrap();
+        let (a, _) = l.accept().unwrap();
+        ports.push(c.local_addr().unwrap().port());
+        // The side that closes first keeps TIME-WAIT.
+        drop(c);
+        drop(a);
+    }
+    ports.retain(|&p| !port_free(p));
+    ports
+}
+
+fn ephemeral() -> std::ops::RangeInclusive<u16> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let mut it = text.split_whitespace().map(|v| v.parse::<u16>().unwrap());
+    it.next().unwrap()..=it.next().unwrap()
+}
+
+fn port_list(ports: &[u16]) -> String {
+    let v: Vec<String> = ports.iter().map(u16::to_string).collect();
+    v.join(",")
+}
+
+async fn any_port_with(ports: &[u16], echo: u16) -> u16 {
+    let server = Piped::start(&["--ports", &port_list(ports)]);
+    let (_c, got) = Pipec::start(server.addr, &["--forward", &format!("tcp:{echo}:0")], 1);
+    assert_eq!(echo_roundtrip(got[0], b"any").await, b"any");
+    got[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_port_0_succeeds_while_the_ephemeral_range_is_full_of_time_wait() {
+    let echo = echo_service().await;
+    let eph = ephemeral();
+    let blocked = tokio::task::spawn_blocking(|| time_wait_ports(TIME_WAIT_SOCKETS))
+        .await
+        .unwrap();
+    assert!(
+        blocked.len() >= TIME_WAIT_SOCKETS * 9 / 10,
+        "{}",
+        blocked.len()
+    );
+    assert!(blocked.iter().all(|p| eph.contains(p)));
+    // Free ports outside the ephemeral range are taken first...
+    let outside: Vec<u16> = (1024..*eph.start())
+        .rev()
+        .filter(|&p| port_free(p))
+        .take(3)
+        .collect();
+    let mut set = blocked.clone();
+    set.extend(&outside);
+    let got = any_port_with(&set, echo.port).await;
+    assert!(outside.contains(&got), "{got} is not one of {outside:?}");
+    // ...and the search goes on until the set is exhausted, not for 64 tries.
+    let gap = (*eph.start()..=*eph.end())
+        .rev()
+        .find(|p| !blocked.contains(p) && port_free(*p))
+        .unwrap();
+    let mut set = blocked;
+    set.push(gap);
+    assert_eq!(any_port_with(&set, echo.port).await, gap);
+}
