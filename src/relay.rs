@@ -101,17 +101,26 @@ async fn dial(ep: &Endpoint) -> io::Result<Conn> {
     }
 }
 
-async fn pump<A>(mut a: A, target: &Endpoint)
+/// Relays `a` to a fresh connection to `target`. `reset_a` closes `a` with a reset (or
+/// does nothing where the socket type has none), so a reset passes on both ways.
+async fn pump<A>(mut a: A, target: &Endpoint, reset_a: fn(&A))
 where
     A: AsyncRead + AsyncWrite + Unpin,
 {
     let dialled = tokio::time::timeout(DIAL_TIMEOUT, dial(target)).await;
     let result = match dialled {
-        Ok(Ok(Conn::Tcp(mut b))) => splice(&mut a, &mut b, SpliceOptions::default()).await,
+        Ok(Ok(Conn::Tcp(mut b))) => {
+            let r = splice(&mut a, &mut b, SpliceOptions::default()).await;
+            tcp::pass_reset(&r, &b);
+            r
+        }
         Ok(Ok(Conn::Unix(mut b))) => splice(&mut a, &mut b, SpliceOptions::default()).await,
         Ok(Err(e)) => return warn!(%target, error = %e, "cannot reach the target"),
         Err(_) => return warn!(%target, "the target did not accept in time"),
     };
+    if matches!(&result, Err(e) if e.kind() == io::ErrorKind::ConnectionReset) {
+        reset_a(&a);
+    }
     match result {
         Ok(t) => debug!(up = t.a_to_b, down = t.b_to_a, "connection done"),
         Err(e) => debug!(error = %e, "connection ended"),
@@ -130,13 +139,15 @@ pub async fn run(listener: RelayListener, target: Endpoint, stop: CancellationTo
                 r = l.accept() => r.map(|(s, peer)| {
                     tcp::tune(&s);
                     let span = tracing::debug_span!("relay", %peer);
-                    tasks.spawn(async move { pump(s, &target).await }.instrument(span));
+                    tasks.spawn(
+                        async move { pump(s, &target, tcp::reset_on_close).await }.instrument(span),
+                    );
                 }),
             },
             RelayListener::Unix(l, _) => tokio::select! {
                 _ = stop.cancelled() => break,
                 r = l.accept() => r.map(|(s, _)| {
-                    tasks.spawn(async move { pump(s, &target).await });
+                    tasks.spawn(async move { pump(s, &target, |_| {}).await });
                 }),
             },
         };

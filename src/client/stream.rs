@@ -74,7 +74,9 @@ async fn connect(mut stream: MuxStream, route: &ForwardSpec) {
     if stream.write_all(&[STREAM_CONNECTED]).await.is_err() {
         return;
     }
-    if let Err(e) = splice(&mut local, &mut stream, SpliceOptions::default()).await {
+    let result = splice(&mut local, &mut stream, SpliceOptions::default()).await;
+    tcp::pass_reset(&result, &local);
+    if let Err(e) = result {
         debug!(error = %e, "stream ended");
     }
 }

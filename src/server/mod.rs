@@ -10,6 +10,7 @@ mod pending;
 mod ports;
 mod session;
 pub mod state;
+mod streams;
 mod tcp;
 mod udp;
 
@@ -159,17 +160,23 @@ async fn accept(
 ) {
     let deadline = Instant::now() + ctx.state.config.login_timeout;
     let mut first = [0u8; 1];
-    let is_tls = match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
-        Ok(Ok(1)) => first[0] == tls::TLS_HANDSHAKE_RECORD,
+    let peek = tokio::time::timeout_at(deadline, tcp.peek(&mut first));
+    let is_tls = match permit.unless_evicted(peek).await {
+        Some(Ok(Ok(1))) => first[0] == tls::TLS_HANDSHAKE_RECORD,
+        None => return debug!("silent while the pending table was full; dropped"),
         _ => return debug!("connection closed or silent before its first byte"),
     };
     match (tls, is_tls) {
-        (Some(acceptor), true) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp))
+        (Some(acceptor), true) => match permit
+            .unless_evicted(tokio::time::timeout_at(deadline, acceptor.accept(tcp)))
             .await
         {
-            Ok(Ok(s)) => session::serve(ctx, BatchIo::new(s), peer, permit, deadline, None).await,
-            Ok(Err(e)) => info!(error = %e, "TLS handshake failed"),
-            Err(_) => debug!("TLS handshake timed out"),
+            Some(Ok(Ok(s))) => {
+                session::serve(ctx, BatchIo::new(s), peer, permit, deadline, None).await
+            }
+            Some(Ok(Err(e))) => info!(error = %e, "TLS handshake failed"),
+            Some(Err(_)) => debug!("TLS handshake timed out"),
+            None => debug!("in the TLS handshake while the pending table was full; dropped"),
         },
         (Some(_), false) => {
             let why = "this server requires TLS: run pipec with --tls";

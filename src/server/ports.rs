@@ -1,11 +1,40 @@
 //! Claiming a public port: check the allow-list and the registry, then bind.
+//!
+//! For "any port" every free allowed port is a candidate, tried from a random start,
+//! those outside the kernel's ephemeral range first: outgoing connections take their
+//! local ports from that range, and each of them (also in TIME-WAIT) blocks a listener
+//! on its port. The search ends only when every candidate failed, so the work is
+//! bounded by the size of the allowed set (at most 64,512 binds).
 
 use super::state::{PortKey, PortRefusal, State};
 use std::future::Future;
 use std::io;
+use std::ops::RangeInclusive;
 
-/// Random candidates tried for "any port" before giving up.
-const MAX_BIND_ATTEMPTS: usize = 64;
+/// Where Linux keeps the ephemeral range ("32768\t60999").
+const EPHEMERAL_RANGE_FILE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+/// The kernel's ephemeral port range, where it can be read.
+fn ephemeral_range() -> Option<RangeInclusive<u16>> {
+    parse_range(&std::fs::read_to_string(EPHEMERAL_RANGE_FILE).ok()?)
+}
+
+fn parse_range(text: &str) -> Option<RangeInclusive<u16>> {
+    let mut it = text.split_whitespace().map(str::parse::<u16>);
+    let lo = it.next()?.ok()?;
+    let hi = it.next()?.ok()?;
+    Some(lo..=hi)
+}
+
+/// Orders candidates: ports outside `ephemeral` first, each group keeping its order.
+fn outside_first(ports: Vec<u16>, ephemeral: Option<RangeInclusive<u16>>) -> Vec<u16> {
+    let Some(eph) = ephemeral else {
+        return ports;
+    };
+    let (mut out, inside): (Vec<u16>, Vec<u16>) = ports.into_iter().partition(|p| !eph.contains(p));
+    out.extend(inside);
+    out
+}
 
 fn bind_refusal(port: u16, e: &io::Error) -> String {
     match e.kind() {
@@ -48,7 +77,8 @@ where
             }
         };
     }
-    for port in state.free_port_candidates(udp, MAX_BIND_ATTEMPTS) {
+    let candidates = state.free_port_candidates(udp, usize::MAX);
+    for port in outside_first(candidates, ephemeral_range()) {
         if state.reserve_port(key(port)).is_err() {
             continue;
         }
@@ -58,4 +88,21 @@ where
         }
     }
     Err(PortRefusal::Exhausted.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ephemeral_range_is_read_and_kept_for_last() {
+        assert_eq!(parse_range("32768\t60999\n"), Some(32768..=60999));
+        assert_eq!(parse_range("garbage"), None);
+        let ports = vec![40000, 2000, 61000, 32768, 3000];
+        assert_eq!(
+            outside_first(ports.clone(), Some(32768..=60999)),
+            vec![2000, 61000, 3000, 40000, 32768]
+        );
+        assert_eq!(outside_first(ports.clone(), None), ports);
+    }
 }

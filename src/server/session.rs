@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -64,7 +64,12 @@ pub async fn serve<IO>(
         let who = server_handshake(&mut ctl, token.as_ref(), refusal).await;
         Ok::<_, LoginError>((ctl, who))
     };
-    let (mut ctl, who) = match tokio::time::timeout_at(deadline, login).await {
+    let login = permit.unless_evicted(tokio::time::timeout_at(deadline, login));
+    let Some(login) = login.await else {
+        debug!("not logged in while the pending table was full; dropped");
+        return;
+    };
+    let (mut ctl, who) = match login {
         Err(_) => {
             debug!("no login within the login timeout; dropped");
             return;
@@ -111,7 +116,7 @@ pub async fn serve<IO>(
             ctx: ctx.clone(),
             info: session.clone(),
             mux,
-            streams: Arc::new(Semaphore::new(cfg.max_streams)),
+            streams: super::streams::StreamBudget::new(cfg.max_streams),
             tunnels: HashMap::new(),
             tasks: TaskTracker::new(),
         };
@@ -176,7 +181,7 @@ pub(super) struct Session {
     pub ctx: Arc<Ctx>,
     pub info: Arc<SessionInfo>,
     pub mux: Mux,
-    pub streams: Arc<Semaphore>,
+    pub streams: Arc<super::streams::StreamBudget>,
     pub tunnels: HashMap<u32, Arc<TunnelInfo>>,
     pub tasks: TaskTracker,
 }
@@ -367,7 +372,9 @@ impl Session {
             ctx: self.ctx.clone(),
             tunnel: tunnel.clone(),
             mux: self.mux.clone(),
-            streams: self.streams.clone(),
+            streams: self
+                .streams
+                .join(tunnel.id, self.ctx.state.config.max_connections),
             limits,
         });
         let span = tracing::info_span!("tunnel", proto = %tunnel.proto, port = tunnel.port);

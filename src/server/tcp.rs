@@ -1,16 +1,15 @@
 //! TCP tunnels: the public accept loop and one yamux stream per visitor.
 
 use super::state::{ConnGuard, State, TunnelInfo};
+use super::streams::{StreamPermit, TunnelBudget};
 use super::Ctx;
 use crate::limit::RateLimiter;
 use crate::protocol::{write_frame, StreamHeader};
 use crate::transport::{splice, tcp, Mux, SpliceOptions};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn, Instrument};
 
 /// Pause after an accept error (typically out of file descriptors) so the loop does
@@ -22,14 +21,13 @@ pub struct TunnelCtx {
     pub ctx: Arc<Ctx>,
     pub tunnel: Arc<TunnelInfo>,
     pub mux: Mux,
-    /// The session's stream cap.
-    pub streams: Arc<Semaphore>,
+    /// This tunnel's part of the session's stream budget.
+    pub streams: TunnelBudget,
     pub limits: Option<(Arc<RateLimiter>, Arc<RateLimiter>)>,
 }
 
 /// Accepts public connections until the tunnel is stopped or the server shuts down.
 pub async fn accept_loop(listener: TcpListener, t: Arc<TunnelCtx>) {
-    let max_conns = t.ctx.state.config.max_connections as u64;
     loop {
         let accepted = tokio::select! {
             _ = t.tunnel.stop.cancelled() => break,
@@ -44,15 +42,15 @@ pub async fn accept_loop(listener: TcpListener, t: Arc<TunnelCtx>) {
                 continue;
             }
         };
-        // Caps cost the offending tunnel only: its visitor is closed at once.
-        let Ok(permit) = t.streams.clone().try_acquire_owned() else {
-            debug!(%peer, "session stream cap reached; visitor refused");
-            continue;
+        // Caps cost the offending tunnel only: its visitor is closed at once, and the
+        // budget keeps room for the siblings (server/streams.rs).
+        let permit = match t.streams.try_acquire() {
+            Ok(p) => p,
+            Err(why) => {
+                debug!(%peer, ?why, "stream cap reached; visitor refused");
+                continue;
+            }
         };
-        if t.tunnel.stats.active.load(Ordering::Relaxed) >= max_conns {
-            debug!(%peer, "tunnel connection cap reached; visitor refused");
-            continue;
-        }
         let span = tracing::debug_span!("stream", visitor = %peer);
         t.ctx
             .conns
@@ -60,12 +58,7 @@ pub async fn accept_loop(listener: TcpListener, t: Arc<TunnelCtx>) {
     }
 }
 
-async fn visitor(
-    mut sock: TcpStream,
-    peer: SocketAddr,
-    t: Arc<TunnelCtx>,
-    _permit: OwnedSemaphorePermit,
-) {
+async fn visitor(mut sock: TcpStream, peer: SocketAddr, t: Arc<TunnelCtx>, _permit: StreamPermit) {
     let _guard = ConnGuard::new(t.ctx.state.clone(), t.tunnel.clone());
     tcp::tune(&sock);
     let result = tokio::select! {
@@ -100,8 +93,7 @@ async fn carry(
         limit_b_to_a: t.limits.as_ref().map(|l| l.1.clone()),
         half_closed_idle: None,
     };
-    splice(sock, &mut stream, opts)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    let result = splice(sock, &mut stream, opts).await;
+    tcp::pass_reset(&result, sock);
+    result.map(|_| ()).map_err(|e| e.to_string())
 }

@@ -6,9 +6,11 @@
 pub mod alloc;
 pub mod bufio;
 pub mod datagram;
+mod goaway;
 pub mod mux;
 pub mod peers;
 pub mod splice;
+mod stream;
 pub mod tcp;
 pub mod tls;
 pub mod verify;

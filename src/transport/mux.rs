@@ -3,7 +3,8 @@
 //! Everything else talks to it through `Mux` (open an outbound stream) and receives
 //! inbound streams through the callback given at start. All socket I/O, pings and
 //! window updates happen inside `poll_next_inbound`, so the driver polls it on every
-//! wake-up, also on the side that never expects inbound streams.
+//! wake-up, also on the side that never expects inbound streams. A protocol violation
+//! by the peer ends the driver at once (see `goaway`).
 
 use futures::io::{AsyncRead, AsyncWrite};
 use std::collections::VecDeque;
@@ -11,12 +12,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::AbortOnDropHandle;
 
-/// A yamux stream seen through tokio's I/O traits.
-pub type MuxStream = Compat<yamux::Stream>;
+use super::goaway::Watch;
+pub use super::stream::MuxStream;
 
 pub use yamux::Mode;
 
@@ -85,7 +85,7 @@ impl Mux {
         let (tx, rx) = oneshot::channel();
         self.open_tx.send(tx).await.map_err(|_| MuxError::Closed)?;
         match rx.await {
-            Ok(Ok(s)) => Ok(s.compat()),
+            Ok(Ok(s)) => Ok(MuxStream::new(s)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(MuxError::Closed),
         }
@@ -108,7 +108,7 @@ where
 {
     let (open_tx, open_rx) = mpsc::channel(OPEN_QUEUE);
     let driver = Driver {
-        conn: yamux::Connection::new(io, cfg, mode),
+        conn: yamux::Connection::new(Watch::new(io), cfg, mode),
         open_rx,
         pending: VecDeque::new(),
         on_inbound,
@@ -120,7 +120,7 @@ where
 
 /// The session's driver future; spawn it. Resolves with how the session ended.
 pub struct Driver<T, F> {
-    conn: yamux::Connection<T>,
+    conn: yamux::Connection<Watch<T>>,
     open_rx: mpsc::Receiver<OpenReply>,
     pending: VecDeque<OpenReply>,
     on_inbound: F,
@@ -161,7 +161,7 @@ where
         }
         loop {
             match this.conn.poll_next_inbound(cx) {
-                Poll::Ready(Some(Ok(stream))) => (this.on_inbound)(stream.compat()),
+                Poll::Ready(Some(Ok(stream))) => (this.on_inbound)(MuxStream::new(stream)),
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
                 Poll::Ready(None) => return Poll::Ready(Ok(())),
                 Poll::Pending => return Poll::Pending,

@@ -150,8 +150,10 @@ impl Direction {
                 State::Status => {
                     let mut b = [0u8; 1];
                     let mut rb = ReadBuf::new(&mut b);
-                    ready!(Pin::new(&mut *r).poll_read(cx, &mut rb))?;
-                    if rb.filled() != [crate::protocol::STREAM_CONNECTED] {
+                    // A stream dropped before its status (reset) also means "not
+                    // reached": the visitor is closed as for any failed dial.
+                    let read = ready!(Pin::new(&mut *r).poll_read(cx, &mut rb));
+                    if read.is_err() || rb.filled() != [crate::protocol::STREAM_CONNECTED] {
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::ConnectionRefused,
                             "the client could not reach the local service",

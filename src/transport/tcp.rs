@@ -16,6 +16,20 @@ pub fn tune(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
 }
 
+/// Makes the coming close send RST instead of FIN (SO_LINGER 0): how a reset from the
+/// far side of a tunnel is passed on, so a cut-off transfer never looks complete.
+pub fn reset_on_close(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+/// Passes a reset on: when a splice with `stream` on one side ended because the other
+/// side was reset, `stream` is closed with RST too.
+pub fn pass_reset<T>(result: &io::Result<T>, stream: &TcpStream) {
+    if matches!(result, Err(e) if e.kind() == io::ErrorKind::ConnectionReset) {
+        reset_on_close(stream);
+    }
+}
+
 /// Options for the control connection.
 pub fn tune_control(stream: &TcpStream) {
     tune(stream);
