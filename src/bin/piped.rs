@@ -2,9 +2,8 @@
 
 use clap::Parser;
 use pipe::config::cli::PipedArgs;
-use pipe::config::ServerConfig;
+use pipe::config::{LogConfig, ServerConfig};
 use pipe::server::{Server, ServerError};
-use std::io::Write;
 use std::process::ExitCode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -13,10 +12,12 @@ fn main() -> ExitCode {
     // Before any allocation of the data path: keep yamux's frame buffers in the heap.
     pipe::transport::alloc::tune_for_frames();
     let args = PipedArgs::parse();
+    let log = LogConfig::from_args(&args.log);
     let cfg = match ServerConfig::from_args(args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            pipe::logging::init(&log);
+            pipe::logging::fatal(&e);
             return ExitCode::from(2);
         }
     };
@@ -27,7 +28,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            pipe::logging::fatal(&format_args!("cannot start the runtime: {e}"));
             return ExitCode::from(1);
         }
     };
@@ -43,7 +44,7 @@ async fn serve(cfg: ServerConfig) -> ExitCode {
     let listener = match TcpListener::bind(&listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: cannot listen on {listen}: {e}");
+            pipe::logging::fatal(&format_args!("cannot listen on {listen}: {e}"));
             return ExitCode::from(1);
         }
     };
@@ -53,16 +54,15 @@ async fn serve(cfg: ServerConfig) -> ExitCode {
         Err(e) => return fail(&e),
     };
     match listener.local_addr() {
-        Ok(a) => println!("listening on {a}"),
+        Ok(a) => pipe::logging::stdout_line(&format_args!("listening on {a}")),
         Err(e) => {
-            eprintln!("error: {e}");
+            pipe::logging::fatal(&e);
             return ExitCode::from(1);
         }
     }
     if let Some(a) = admin {
-        println!("admin on {a}");
+        pipe::logging::stdout_line(&format_args!("admin on {a}"));
     }
-    let _ = std::io::stdout().flush();
     tokio::spawn(pipe::signals::cancel_on_signal(shutdown.clone()));
     match server.run(listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -71,6 +71,6 @@ async fn serve(cfg: ServerConfig) -> ExitCode {
 }
 
 fn fail(e: &ServerError) -> ExitCode {
-    eprintln!("error: {e}");
+    pipe::logging::fatal(e);
     ExitCode::from(e.exit_code())
 }
