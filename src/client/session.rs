@@ -99,7 +99,12 @@ where
 {
     let cfg = ctx.config;
     let stop = CancellationToken::new();
-    let routes: Routes = Arc::new(forwards.iter().map(|f| f.spec.clone()).collect());
+    let routes: Routes = Arc::new(
+        forwards
+            .iter()
+            .map(|f| stream::Route::new(f.spec.clone()))
+            .collect(),
+    );
     let udp = super::udp::UdpLimits {
         max_peers: cfg.udp_max_peers,
         idle: cfg.udp_idle_timeout,
