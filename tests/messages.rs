@@ -46,3 +46,172 @@ async fn a_down_local_service_is_one_warning_per_forward_not_one_per_visitor() {
         "{err}"
     );
 }
+
+/// Runs pipec against `server` with `args`, waits for its exit; (code, stderr).
+fn pipec_exit(server: &str, args: &[&str]) -> (i32, String) {
+    let mut all = vec![s("--server"), s(server)];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let mut p = Proc::spawn(pipec_bin(), &all);
+    let code = p.wait_exit(WAIT);
+    (code, p.stderr())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_retried_with_numbered_thinning_lines() {
+    let dead = format!("127.0.0.1:{}", dead_port());
+    let c = Pipec::spawn(
+        dead.parse().unwrap(),
+        &["--forward", "tcp:3000:0", "--reconnect-max", "100ms"],
+    );
+    eventually(WAIT, "retry 8", || {
+        c.proc.stderr().contains("; retry 8 in ")
+    })
+    .await;
+    let err = c.proc.stderr();
+    let first = format!("cannot reach {dead} (connection refused); retry 1 in 0.1s");
+    assert!(err.contains(&first), "{err}");
+    for n in [2, 3, 4] {
+        assert!(err.contains(&format!("; retry {n} in ")), "{err}");
+    }
+    for n in [5, 6, 7] {
+        assert!(!err.contains(&format!("; retry {n} in ")), "{err}");
+    }
+    assert!(!err.contains("session lost"), "no session existed:\n{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_does_not_resolve_ends_pipec_unless_told_to_retry() {
+    let (code, err) = pipec_exit("nosuchhost.invalid:8910", &["--forward", "tcp:3000:0"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error: cannot resolve nosuchhost.invalid:8910"),
+        "{err}"
+    );
+    assert!(err.contains("--retry-forever"), "{err}");
+
+    let mut p = Proc::spawn(
+        pipec_bin(),
+        &[
+            "--server",
+            "nosuchhost.invalid:8910",
+            "--forward",
+            "tcp:3000:0",
+            "--reconnect-max",
+            "100ms",
+            "--retry-forever",
+        ]
+        .map(s),
+    );
+    eventually(WAIT, "retry 2", || p.stderr().contains("; retry 2 in ")).await;
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(WAIT), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_refusals_say_which_and_retry_only_when_told() {
+    let server = Piped::start(&["--token", "right"]);
+    let addr = server.addr.to_string();
+    let (code, err) = pipec_exit(&addr, &["--forward", "tcp:3000:0"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("error: this server requires a token: give --token or set PIPE_TOKEN"),
+        "{err}"
+    );
+    let (code, err) = pipec_exit(&addr, &["--token", "wrong", "--forward", "tcp:3000:0"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("error: bad token"), "{err}");
+
+    let mut p = Proc::spawn(
+        pipec_bin(),
+        &[
+            "--server",
+            &addr,
+            "--token",
+            "wrong",
+            "--forward",
+            "tcp:3000:0",
+            "--reconnect-max",
+            "100ms",
+            "--retry-forever",
+        ]
+        .map(s),
+    );
+    eventually(WAIT, "retry 2", || p.stderr().contains("; retry 2 in ")).await;
+    assert!(p.stderr().contains("bad token"), "{}", p.stderr());
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(WAIT), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_refusal_says_server_refused_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = certs::make(dir.path(), "srv", &["localhost"]);
+    let server = Piped::start(&[
+        "--tls-cert",
+        pki.cert.to_str().unwrap(),
+        "--tls-key",
+        pki.key.to_str().unwrap(),
+    ]);
+    let (code, err) = pipec_exit(&server.addr.to_string(), &["--forward", "tcp:3000:0"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("error: server refused the login: this server requires TLS"),
+        "{err}"
+    );
+    assert_eq!(err.matches("server refused the login").count(), 1, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_server_stop_is_reported_as_such() {
+    let echo = echo_service().await;
+    let mut server = Piped::start(&[]);
+    let fwd = format!("tcp:127.0.0.1:{}:0", echo.port);
+    let (c, _) = Pipec::start(
+        server.addr,
+        &["--forward", &fwd, "--reconnect-max", "100ms"],
+        1,
+    );
+    server.proc.signal("TERM");
+    assert_eq!(server.proc.wait_exit(WAIT), 0);
+    eventually(WAIT, "the client's line", || {
+        c.proc
+            .stderr()
+            .contains("the server closed the session (it is stopping or restarting); reconnecting")
+    })
+    .await;
+    eventually(WAIT, "a retry", || {
+        c.proc.stderr().contains("; retry 1 in ")
+    })
+    .await;
+    assert!(
+        !c.proc.stderr().contains("session lost"),
+        "{}",
+        c.proc.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_close_of_the_last_forward_is_exit_5_with_one_line() {
+    let echo = echo_service().await;
+    let server = Piped::start(&["--admin", "127.0.0.1:0"]);
+    let admin = server.admin.unwrap();
+    let fwd = format!("tcp:127.0.0.1:{}:0", echo.port);
+    let (mut c, ports) = Pipec::start(server.addr, &["--forward", &fwd], 1);
+    let list = http::http(admin, "GET", "/api/tunnels", None).await.json();
+    let id = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["port"] == ports[0])
+        .expect("the tunnel")["id"]
+        .as_u64()
+        .unwrap();
+    let r = http::http(admin, "DELETE", &format!("/api/tunnels/{id}"), None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(c.proc.wait_exit(WAIT), 5, "{}", c.proc.stderr());
+    let err = c.proc.stderr();
+    let want = "error: the server closed every forward (closed by the operator); not reconnecting";
+    assert!(err.contains(want), "{err}");
+    assert!(!err.contains("session lost"), "{err}");
+    assert!(!err.contains("WARN"), "one line, not two:\n{err}");
+}

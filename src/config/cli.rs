@@ -180,6 +180,10 @@ pub struct PipecRunArgs {
     /// Longest wait between reconnect attempts [default: 2s]
     #[arg(long, value_parser = duration)]
     pub reconnect_max: Option<Duration>,
+    /// Keep retrying when the server name does not resolve at the first connect or
+    /// the login is refused (for service managers); without it pipec exits 1 / 3.
+    #[arg(long)]
+    pub retry_forever: bool,
     /// Close a UDP visitor's local socket after this long idle [default: 60s]
     #[arg(long, value_parser = duration)]
     pub udp_idle_timeout: Option<Duration>,

@@ -331,6 +331,9 @@ pub struct ClientConfig {
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub reconnect_max: Duration,
+    /// Retry an unresolvable name at the first connect and login refusals instead of
+    /// exiting.
+    pub retry_forever: bool,
     pub udp_idle_timeout: Duration,
     pub udp_max_peers: usize,
     pub log: LogConfig,
@@ -400,6 +403,7 @@ impl ClientConfig {
                 .reconnect_max
                 .or(f.reconnect_max)
                 .unwrap_or(DEFAULT_RECONNECT_MAX),
+            retry_forever: a.retry_forever || f.retry_forever.unwrap_or(false),
             udp_idle_timeout: a
                 .udp_idle_timeout
                 .or(f.udp_idle_timeout)
