@@ -96,6 +96,9 @@ impl Server {
         crate::caddy::startup(self.state.caddy.as_deref())
             .await
             .map_err(|e| ServerError::Config(e.to_string()))?;
+        if let Some(caddy) = self.state.caddy.clone() {
+            tokio::spawn(caddy.watch(shutdown.clone()));
+        }
         let local = listener.local_addr()?;
         self.state.reserve_own_port(local.port());
         let ctx = Arc::new(Ctx {
