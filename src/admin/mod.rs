@@ -17,6 +17,7 @@
 //! sends it on every API call.
 
 mod api;
+mod process;
 mod prom;
 
 use crate::auth::Token;
