@@ -229,5 +229,8 @@ fn a_port_that_cannot_be_bound_is_a_runtime_failure_exit_1() {
     let (code, out, err) = run(piped_bin(), &[s("--listen"), addr.clone()]);
     assert_eq!(code, 1, "stderr:\n{err}");
     assert!(out.is_empty(), "{out:?}");
-    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on the control address {addr}")),
+        "{err}"
+    );
 }

@@ -173,12 +173,12 @@ async fn a_clean_server_stop_is_reported_as_such() {
     );
     server.proc.signal("TERM");
     assert_eq!(server.proc.wait_exit(WAIT), 0);
-    eventually(WAIT, "the client's line", || {
-        c.proc
-            .stderr()
-            .contains("the server closed the session (it is stopping or restarting); reconnecting")
+    let want = "the server closed the session (it is stopping or restarting); reconnecting";
+    eventually(WAIT, "a retry", || {
+        c.proc.stderr().contains("; retry 1 in ")
     })
     .await;
+    assert!(c.proc.stderr().contains(want), "{}", c.proc.stderr());
     eventually(WAIT, "a retry", || {
         c.proc.stderr().contains("; retry 1 in ")
     })
@@ -214,4 +214,77 @@ async fn an_operator_close_of_the_last_forward_is_exit_5_with_one_line() {
     assert!(err.contains(want), "{err}");
     assert!(!err.contains("session lost"), "{err}");
     assert!(!err.contains("WARN"), "one line, not two:\n{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_admin_port_is_named_without_jargon() {
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = squatter.local_addr().unwrap().to_string();
+    let mut p = Proc::spawn(
+        piped_bin(),
+        &["--listen", "127.0.0.1:0", "--admin", &taken].map(s),
+    );
+    assert_eq!(p.wait_exit(WAIT), 1, "{}", p.stderr());
+    let err = p.stderr();
+    let want = format!("error: cannot listen on the admin address {taken}: ");
+    assert!(err.contains(&want), "{err}");
+    assert!(!err.contains("i/o:"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ports_that_leave_nothing_usable_are_warned_about() {
+    let port = dead_port();
+    let listen = format!("127.0.0.1:{port}");
+    let p = Proc::spawn(
+        piped_bin(),
+        &["--listen", &listen, "--ports", &port.to_string()].map(s),
+    );
+    let mut p = p;
+    p.wait_line("listening on ", WAIT);
+    eventually(WAIT, "the warning", || {
+        p.stderr().contains("no forward can get a port")
+    })
+    .await;
+    // A usable range says nothing.
+    let ok = Piped::start(&["--ports", "20000-20010"]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!ok.proc.stderr().contains("no forward can get a port"));
+}
+
+#[test]
+fn help_shows_no_empty_env_values() {
+    for bin in [piped_bin(), pipec_bin()] {
+        let out = std::process::Command::new(bin)
+            .arg("--help")
+            .env_remove("PIPE_UDP_BIND_ADDR")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success());
+        assert!(!text.contains("=]"), "{bin} --help:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decimal_rates_work_and_unknown_units_list_the_valid_ones() {
+    let (code, err) = pipec_exit(
+        "127.0.0.1:1",
+        &["--speed-limit", "10kb", "--forward", "tcp:1:0"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unknown unit \"kb\""), "{err}");
+    assert!(
+        err.contains("KB, MB, GB") && err.contains("KiB, MiB, GiB"),
+        "{err}"
+    );
+    let echo = echo_service().await;
+    let server = Piped::start(&["--speed-limit", "1.5MB"]);
+    let fwd = format!("tcp:127.0.0.1:{}:0,", echo.port);
+    let fwd = fwd.trim_end_matches(',');
+    let (_c, ports) = Pipec::start(
+        server.addr,
+        &["--speed-limit", "0.5MiB", "--forward", fwd],
+        1,
+    );
+    assert_eq!(echo_roundtrip(ports[0], b"rate").await, b"rate");
 }

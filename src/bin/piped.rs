@@ -44,7 +44,9 @@ async fn serve(cfg: ServerConfig) -> ExitCode {
     let listener = match TcpListener::bind(&listen).await {
         Ok(l) => l,
         Err(e) => {
-            pipe::logging::fatal(&format_args!("cannot listen on {listen}: {e}"));
+            pipe::logging::fatal(&format_args!(
+                "cannot listen on the control address {listen}: {e}"
+            ));
             return ExitCode::from(1);
         }
     };

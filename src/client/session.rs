@@ -269,11 +269,13 @@ impl Control<'_, '_> {
         let mut last_seen = Instant::now();
         loop {
             tokio::select! {
+                // In this order: when a server stops, the control stream's end and the
+                // connection's arrive together, and the stream's says it was in order.
+                biased;
                 _ = self.ctx.shutdown.cancelled() => {
                     self.cancel_all().await;
                     return Ok(End::Shutdown);
                 }
-                _ = driver.finished() => return logged_in("connection lost"),
                 msg = self.ctl.recv::<ServerMsg>() => {
                     last_seen = Instant::now();
                     match msg {
@@ -306,6 +308,7 @@ impl Control<'_, '_> {
                         Err(e) => return logged_in(&format!("bad message from the server: {e}")),
                     }
                 }
+                _ = driver.finished() => return logged_in("connection lost"),
                 _ = tick.tick() => {
                     if last_seen.elapsed() >= cfg.heartbeat_timeout {
                         return logged_in("heartbeat timeout: the server went silent");

@@ -48,7 +48,7 @@ pub struct PipedArgs {
     pub bind_addr: Option<String>,
     /// Address public UDP sockets bind, an IP or a host name (fly.io:
     /// fly-global-services) [default: --bind-addr]
-    #[arg(long, env = "PIPE_UDP_BIND_ADDR")]
+    #[arg(long, env = "PIPE_UDP_BIND_ADDR", hide_env_values = true)]
     pub udp_bind_addr: Option<String>,
     /// Public ports clients may claim, e.g. 9000-9100,10000 [default: 1024-65535]
     #[arg(long)]

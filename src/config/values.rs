@@ -16,8 +16,14 @@ use std::str::FromStr;
 /// assert_eq!("10MB".parse::<Rate>().unwrap().0, 10_000_000);
 /// assert_eq!("1GiB/s".parse::<Rate>().unwrap().0, 1 << 30);
 /// assert_eq!("4096".parse::<Rate>().unwrap().0, 4096);
+/// assert_eq!("1.5MB".parse::<Rate>().unwrap().0, 1_500_000);
+/// assert_eq!("0.5KiB".parse::<Rate>().unwrap().0, 512);
 /// assert!("fast".parse::<Rate>().is_err());
 /// assert!("0".parse::<Rate>().is_err());
+/// assert!("0.0001B".parse::<Rate>().is_err());
+/// assert!("1.2.3MB".parse::<Rate>().is_err());
+/// let e = "10kb".parse::<Rate>().unwrap_err();
+/// assert!(e.contains("unknown unit \"kb\"") && e.contains("KB, MB, GB"), "{e}");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate(pub u64);
@@ -27,11 +33,20 @@ impl FromStr for Rate {
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
         let t = t.strip_suffix("/s").unwrap_or(t);
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let split = t
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("invalid rate {s:?}: expected e.g. 500KiB, 10MB, 1GiB"))?;
+        let bad = || format!("invalid rate {s:?}: expected e.g. 500KiB, 1.5MB, 1GiB");
+        let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+        if whole.is_empty() && frac.is_empty() || frac.contains('.') {
+            return Err(bad());
+        }
+        let whole: u64 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| bad())?
+        };
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
             "K" | "KB" | "k" | "kB" => 1_000,
@@ -40,13 +55,31 @@ impl FromStr for Rate {
             "MiB" => 1 << 20,
             "G" | "GB" => 1_000_000_000,
             "GiB" => 1 << 30,
-            u => return Err(format!("invalid rate {s:?}: unknown unit {u:?}")),
+            u => {
+                return Err(format!(
+                    "invalid rate {s:?}: unknown unit {u:?} (use B; KB, MB, GB for powers of \
+                     1000; KiB, MiB, GiB for powers of 1024)"
+                ))
+            }
         };
-        match n.checked_mul(mult) {
-            Some(0) => Err(format!("invalid rate {s:?}: must be above zero")),
-            Some(v) => Ok(Rate(v)),
-            None => Err(format!("invalid rate {s:?}: too large")),
+        // The fraction, to the byte: at most 9 digits matter below 1 GiB units.
+        let digits = &frac[..frac.len().min(9)];
+        let frac_bytes = if digits.is_empty() {
+            0
+        } else {
+            let n: u64 = digits.parse().map_err(|_| bad())?;
+            n * mult / 10u64.pow(digits.len() as u32)
+        };
+        let too_large = || format!("invalid rate {s:?}: too large");
+        let v = whole
+            .checked_mul(mult)
+            .ok_or_else(too_large)?
+            .checked_add(frac_bytes)
+            .ok_or_else(too_large)?;
+        if v == 0 {
+            return Err(format!("invalid rate {s:?}: must be above zero"));
         }
+        Ok(Rate(v))
     }
 }
 
@@ -73,6 +106,7 @@ impl<'de> Deserialize<'de> for Rate {
 /// let p: PortSet = "9000-9002,10000".parse().unwrap();
 /// assert!(p.contains(9001) && p.contains(10000) && !p.contains(9003));
 /// assert_eq!(p.len(), 4);
+/// assert_eq!(p.to_string(), "9000-9002,10000");
 /// assert!("9002-9000".parse::<PortSet>().is_err());
 /// assert!("0-10".parse::<PortSet>().is_err());
 /// ```
@@ -101,6 +135,23 @@ impl PortSet {
             i -= r.len();
         }
         None
+    }
+}
+
+/// Written back as given: `9000-9100,10000`.
+impl fmt::Display for PortSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if r.start() == r.end() {
+                write!(f, "{}", r.start())?;
+            } else {
+                write!(f, "{}-{}", r.start(), r.end())?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -36,6 +36,13 @@ const SESSION_CLOSE_WAIT: Duration = Duration::from_secs(2);
 pub enum ServerError {
     #[error("{0}")]
     Config(String),
+    /// A listener the configuration asks for cannot be bound (exit 1).
+    #[error("cannot listen on the {what} address {addr}: {source}")]
+    Listen {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -45,7 +52,7 @@ impl ServerError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ServerError::Config(_) => 2,
-            ServerError::Io(_) => 1,
+            ServerError::Io(_) | ServerError::Listen { .. } => 1,
         }
     }
 }
@@ -101,6 +108,12 @@ impl Server {
         }
         let local = listener.local_addr()?;
         self.state.reserve_own_port(local.port());
+        if self.state.usable_ports() == 0 {
+            warn!(
+                ports = %self.state.config.ports,
+                "--ports holds only the server's own listening ports: no forward can get a port"
+            );
+        }
         let ctx = Arc::new(Ctx {
             state: self.state.clone(),
             shutdown: shutdown.clone(),
@@ -203,9 +216,14 @@ impl Server {
         let addrs = crate::admin::admin_addrs(addr, has_token)
             .await
             .map_err(|e| ServerError::Config(e.to_string()))?;
-        let listener = TcpListener::bind(&addrs[..]).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on admin {addr}: {e}"))
-        })?;
+        let listener =
+            TcpListener::bind(&addrs[..])
+                .await
+                .map_err(|source| ServerError::Listen {
+                    what: "admin",
+                    addr: addr.to_string(),
+                    source,
+                })?;
         let local = listener.local_addr()?;
         self.state.reserve_own_port(local.port());
         info!(%local, "admin server listening");
