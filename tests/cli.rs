@@ -63,8 +63,8 @@ async fn bad_client_inputs_exit_2_and_disturb_nothing() {
     };
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
-            with_server(&["--forward", "tcp:3000"]),
-            "invalid forward \"tcp:3000\"",
+            with_server(&["--forward", "tcp:1:2:3:4"]),
+            "invalid forward \"tcp:1:2:3:4\"",
         ),
         (
             with_server(&["--forward", "sctp:1:2"]),
@@ -91,7 +91,7 @@ async fn bad_client_inputs_exit_2_and_disturb_nothing() {
         (
             vec![
                 s("--server"),
-                s("example.com"),
+                s("example.com:"),
                 s("--forward"),
                 good.clone(),
             ],

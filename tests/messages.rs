@@ -288,3 +288,48 @@ async fn decimal_rates_work_and_unknown_units_list_the_valid_ones() {
     );
     assert_eq!(echo_roundtrip(ports[0], b"rate").await, b"rate");
 }
+
+/// The one-liner against a server on the default port: a loopback address of its
+/// own (127.0.0.2) leaves 8910 on 127.0.0.1 to whoever has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_one_liner_works_against_the_default_port() {
+    let echo = echo_service().await;
+    let server = Piped::start_args(
+        [
+            "--listen",
+            "127.0.0.2:8910",
+            "--bind-addr",
+            "127.0.0.1",
+            "--admin",
+            "127.0.0.1:0",
+        ]
+        .map(s)
+        .to_vec(),
+    );
+    assert_eq!(server.addr.to_string(), "127.0.0.2:8910");
+    let mut c = Pipec {
+        proc: Proc::spawn(
+            pipec_bin(),
+            &["--server", "127.0.0.2", "--forward", &echo.port.to_string()].map(s),
+        ),
+    };
+    let line = c.proc.wait_line("forwarding ", WAIT);
+    let port = public_port(&line);
+    assert_eq!(
+        line,
+        format!(
+            "forwarding tcp://127.0.0.2:{port} -> localhost:{}",
+            echo.port
+        )
+    );
+    assert_eq!(echo_roundtrip(port, b"one line").await, b"one line");
+
+    // piped's start-up summary.
+    let admin = server.admin.unwrap();
+    let err = server.proc.stderr();
+    let want = format!(
+        "auth open (no token), TLS off, ports 1024-65535, admin {admin} (no admin token), http forwards off"
+    );
+    assert!(err.contains(&want), "{err}");
+    server.proc.signal("TERM");
+}

@@ -35,8 +35,36 @@ fn main() -> ExitCode {
     rt.block_on(serve(cfg))
 }
 
+/// The start-up summary: how clients get in and what they may claim, in one line.
+fn summary(cfg: &ServerConfig, admin: Option<std::net::SocketAddr>) -> String {
+    let auth = if cfg.token.is_some() {
+        "token"
+    } else {
+        "open (no token)"
+    };
+    let tls = match &cfg.tls_cert {
+        Some(cert) => format!("cert {}", cert.display()),
+        None => "off".into(),
+    };
+    let admin = match (admin, cfg.admin_token.is_some()) {
+        (Some(a), true) => format!("{a} (admin token)"),
+        (Some(a), false) => format!("{a} (no admin token)"),
+        (None, _) => "off".into(),
+    };
+    let http = match &cfg.domain {
+        Some(d) => format!("https://*.{d} via Caddy"),
+        None => "off".into(),
+    };
+    format!(
+        "piped {}: auth {auth}, TLS {tls}, ports {}, admin {admin}, http forwards {http}",
+        pipe::VERSION_LINE,
+        cfg.ports
+    )
+}
+
 async fn serve(cfg: ServerConfig) -> ExitCode {
     let listen = cfg.listen.clone();
+    let summary_cfg = cfg.clone();
     let server = match Server::new(cfg) {
         Ok(v) => v,
         Err(e) => return fail(&e),
@@ -65,6 +93,7 @@ async fn serve(cfg: ServerConfig) -> ExitCode {
     if let Some(a) = admin {
         pipe::logging::stdout_line(&format_args!("admin on {a}"));
     }
+    tracing::info!("{}", summary(&summary_cfg, admin));
     tokio::spawn(pipe::signals::cancel_on_signal(shutdown.clone()));
     match server.run(listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -142,7 +142,7 @@ pub enum PipecCommand {
 
 #[derive(Debug, Args)]
 pub struct PipecRunArgs {
-    /// The piped control address, HOST:PORT
+    /// The piped control address, HOST[:PORT] [default port: 8910]
     #[arg(long)]
     pub server: Option<String>,
     // The help text is an attribute, not a doc comment: rustdoc would read its
@@ -150,7 +150,7 @@ pub struct PipecRunArgs {
     #[arg(
         long = "forward",
         value_name = "SPEC",
-        help = "PROTO:[LOCAL_HOST:]LOCAL_PORT:REMOTE_PORT, or http:[LOCAL_HOST:]LOCAL_PORT[:SUBDOMAIN]"
+        help = "PROTO:[LOCAL_HOST:]LOCAL_PORT:REMOTE_PORT, or http:[LOCAL_HOST:]LOCAL_PORT[:SUBDOMAIN]; a bare LOCAL_PORT (or tcp:LOCAL_PORT) takes any free remote port"
     )]
     pub forwards: Vec<ForwardSpec>,
     /// Shared secret for the server's login.

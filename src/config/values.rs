@@ -269,7 +269,8 @@ pub fn valid_subdomain(s: &str) -> bool {
 }
 
 /// Parses `PROTO:[LOCAL_HOST:]LOCAL_PORT:REMOTE_PORT` or
-/// `http:[LOCAL_HOST:]LOCAL_PORT[:SUBDOMAIN]`.
+/// `http:[LOCAL_HOST:]LOCAL_PORT[:SUBDOMAIN]`; a bare `LOCAL_PORT` or
+/// `PROTO:LOCAL_PORT` asks for any free remote port (`3000` is `tcp:3000:0`).
 ///
 /// ```
 /// use pipe::config::ForwardSpec;
@@ -284,13 +285,22 @@ pub fn valid_subdomain(s: &str) -> bool {
 /// assert_eq!((f.local_port, f.subdomain.as_deref()), (3000, Some("myapp")));
 /// let f: ForwardSpec = "http:127.0.0.1:8080".parse().unwrap();
 /// assert_eq!((f.local_host.as_str(), f.subdomain), ("127.0.0.1", None));
-/// assert!("tcp:3000".parse::<ForwardSpec>().is_err());
+/// let f: ForwardSpec = "3000".parse().unwrap();
+/// assert_eq!((f.proto, f.local_port, f.remote_port), (Proto::Tcp, 3000, 0));
+/// let f: ForwardSpec = "udp:53".parse().unwrap();
+/// assert_eq!((f.proto, f.local_port, f.remote_port), (Proto::Udp, 53, 0));
+/// assert!("tcp:1:2:3:4".parse::<ForwardSpec>().is_err());
+/// assert!("70000".parse::<ForwardSpec>().is_err());
 /// assert!("sctp:1:2".parse::<ForwardSpec>().is_err());
 /// assert!("http:3000:Bad_Name".parse::<ForwardSpec>().is_err());
 /// ```
 impl FromStr for ForwardSpec {
     type Err = String;
     fn from_str(spec: &str) -> Result<Self, String> {
+        // The one-liner: `--forward 3000`.
+        if !spec.is_empty() && spec.bytes().all(|b| b.is_ascii_digit()) {
+            return format!("tcp:{spec}:0").parse();
+        }
         let (proto, rest) = spec.split_once(':').ok_or_else(|| {
             format!("invalid forward {spec:?}: expected PROTO:[HOST:]LOCAL:REMOTE")
         })?;
@@ -338,6 +348,7 @@ impl FromStr for ForwardSpec {
             }
         } else {
             match parts.as_slice() {
+                [l] => f.local_port = parse_port(l, "local port", spec)?,
                 [l, r] => {
                     f.local_port = parse_port(l, "local port", spec)?;
                     f.remote_port = parse_port(r, "remote port", spec)?;
