@@ -34,6 +34,8 @@ pub fn generate(out: &Path) -> io::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     for mut cmd in [PipedArgs::command(), PipecArgs::command()] {
         let name = cmd.get_name().to_string();
+        // Before the completions build it: building adds clap's `help` subcommand.
+        let for_man = cmd.clone();
         for shell in SHELLS {
             written.push(clap_complete::generate_to(
                 shell,
@@ -42,18 +44,67 @@ pub fn generate(out: &Path) -> io::Result<Vec<PathBuf>> {
                 &completions,
             )?);
         }
-        written.extend(man_pages(cmd, &man)?);
+        written.extend(man_pages(for_man, &man)?);
     }
     Ok(written)
 }
 
+/// The sections clap does not generate, in roff, per program: ENVIRONMENT, EXIT
+/// STATUS and EXAMPLES (the README's exit-code table, in short).
+fn extra_sections(name: &str) -> String {
+    let env = match name {
+        "piped" => {
+            ".TP\n\\fBPIPE_TOKEN\\fR\nThe shared secret clients must prove (as \\-\\-token).\n\
+.TP\n\\fBPIPE_ADMIN_TOKEN\\fR\nThe bearer token of the admin routes (as \\-\\-admin\\-token).\n\
+.TP\n\\fBPIPE_UDP_BIND_ADDR\\fR\nWhere public UDP sockets bind (as \\-\\-udp\\-bind\\-addr).\n"
+        }
+        _ => ".TP\n\\fBPIPE_TOKEN\\fR\nThe server's shared secret (as \\-\\-token).\n",
+    };
+    let common_env = ".TP\n\\fBRUST_LOG\\fR\nLog filter, e.g. debug or info,pipe=trace; overrides \\-v and \\-q.\n\
+.TP\n\\fBNO_COLOR\\fR\nSet: no colours even on a terminal.\n";
+    let exits = match name {
+        "piped" => {
+            ".TP\n0\nStopped by SIGINT or SIGTERM after a clean drain.\n\
+.TP\n1\nA runtime failure: cannot listen, cannot start; or a second signal cut the drain short.\n\
+.TP\n2\nBad command line or config file.\n"
+        }
+        _ => {
+            ".TP\n0\nStopped by SIGINT or SIGTERM.\n\
+.TP\n1\nA runtime failure: the server name does not resolve at the first connect, a TLS \
+problem, a relay that cannot listen; or a second signal cut the stop short.\n\
+.TP\n2\nBad command line or config file.\n\
+.TP\n3\nThe server refused the login: no token, wrong token, TLS required, version mismatch.\n\
+.TP\n4\nThe server refused a forward at its first registration.\n\
+.TP\n5\nThe server's operator closed every forward.\n"
+        }
+    };
+    let examples = match name {
+        "piped" => {
+            ".nf\npiped \\-\\-token \"$(openssl rand \\-hex 16)\" \\-\\-ports 9000\\-9100\n\
+piped \\-\\-config /etc/pipe/piped.toml \\-\\-admin 127.0.0.1:8911\n.fi\n"
+        }
+        _ => {
+            ".nf\npipec \\-\\-server vps \\-\\-forward 3000\n\
+pipec \\-\\-server vps:8910 \\-\\-forward tcp:22:2222 \\-\\-forward http:3000:myapp\n\
+pipec relay tcp:9299 unix:/tmp/agent.sock\n.fi\n"
+        }
+    };
+    format!(
+        ".SH ENVIRONMENT\n{env}{common_env}.SH \"EXIT STATUS\"\n{exits}.SH EXAMPLES\n{examples}"
+    )
+}
+
 /// One page for the program and one per subcommand (`pipec-relay.1`).
-fn man_pages(mut cmd: clap::Command, dir: &Path) -> io::Result<Vec<PathBuf>> {
+fn man_pages(cmd: clap::Command, dir: &Path) -> io::Result<Vec<PathBuf>> {
+    // `help` is clap's built-in subcommand: it has no page of its own to point to.
+    let mut cmd = cmd.disable_help_subcommand(true);
     cmd.build();
     let name = cmd.get_name().to_string();
     // "piped 0.1.0 (protocol v1)": the footer of every page.
     let source = format!("{name} {}", cmd.get_version().unwrap_or_default());
-    let mut pages = vec![write_page(clap_mangen::Man::new(cmd.clone()), &name, dir)?];
+    let main = write_page(clap_mangen::Man::new(cmd.clone()), &name, dir)?;
+    add_sections(&main, &extra_sections(&name))?;
+    let mut pages = vec![main];
     for sub in cmd
         .get_subcommands()
         .filter(|s| !s.is_hide_set() && s.get_name() != "help")
@@ -65,6 +116,16 @@ fn man_pages(mut cmd: clap::Command, dir: &Path) -> io::Result<Vec<PathBuf>> {
         pages.push(write_page(man, &page_name, dir)?);
     }
     Ok(pages)
+}
+
+/// Puts `sections` before the page's VERSION section (or at its end).
+fn add_sections(page: &Path, sections: &str) -> io::Result<()> {
+    let text = std::fs::read_to_string(page)?;
+    let text = match text.find("\n.SH VERSION") {
+        Some(at) => format!("{}\n{sections}{}", &text[..at], &text[at + 1..]),
+        None => format!("{text}{sections}"),
+    };
+    std::fs::write(page, text)
 }
 
 fn write_page(man: clap_mangen::Man, name: &str, dir: &Path) -> io::Result<PathBuf> {

@@ -217,7 +217,11 @@ pub async fn server_handshake<IO: AsyncRead + AsyncWrite + Unpin>(
         let reply = ServerHello {
             version: PROTOCOL_VERSION,
             nonce,
-            refusal: Some(err.to_string()),
+            // The client adds "server refused the login: " itself.
+            refusal: Some(match &err {
+                LoginError::Refused(why) => why.clone(),
+                e => e.to_string(),
+            }),
         };
         ctl.send(&reply).await?;
         return Err(err);

@@ -3,9 +3,9 @@
 //! find the routes an earlier `piped` left behind when it crashed.
 //!
 //! Owns the JSON sent to Caddy (serde structs, never formatted strings), the `@id`
-//! naming and the HTTP/1.1 calls. It does not choose subdomains, bind listeners or
-//! keep a record of live routes: `server::http` does the first two, and Caddy's own
-//! config is the record.
+//! naming and the HTTP/1.1 calls, and the record of the routes this process
+//! published (`watch`), so that routes a restarted Caddy lost are put back. It does
+//! not choose subdomains or bind listeners: `server::http` does.
 //!
 //! Every object we create carries an `@id` of the form
 //! `pipe:DOMAIN:BOOT:SUB:TUNNEL` ([`Caddy::route_id`]). `pipe:DOMAIN:` marks the
@@ -17,8 +17,10 @@
 
 mod api;
 mod json;
+mod watch;
 
 pub use json::{admin_base, path_segment, random_label};
+pub use watch::CHECK_INTERVAL;
 
 use api::{Api, REQUEST_TIMEOUT};
 use http::Method;
@@ -78,6 +80,8 @@ pub struct Caddy {
     cleaned: AtomicBool,
     /// Ids of this process whose removal failed (Caddy was down).
     failed: Mutex<Vec<String>>,
+    /// Routes published and not yet taken down, to put back if Caddy loses them.
+    live: Mutex<Vec<watch::LiveRoute>>,
 }
 
 impl Caddy {
@@ -102,6 +106,7 @@ impl Caddy {
             boot: random_label(NONCE_LEN),
             cleaned: AtomicBool::new(false),
             failed: Mutex::default(),
+            live: Mutex::default(),
         }
     }
 
@@ -156,6 +161,11 @@ impl Caddy {
             }
             return Err(e);
         }
+        self.remember(watch::LiveRoute {
+            published: published.clone(),
+            host,
+            port,
+        });
         Ok(published)
     }
 
@@ -178,6 +188,7 @@ impl Caddy {
     /// ids that could not be removed are retried before the next publish, so a dead
     /// route cannot reach whichever tunnel gets its loopback port next.
     pub async fn unpublish(&self, p: &Published) -> Result<(), CaddyError> {
+        self.forget(p);
         let mut result = Ok(());
         for id in std::iter::once(&p.route_id).chain(&p.policy_id) {
             if let Err(e) = self.api.delete_id(id).await {

@@ -248,6 +248,24 @@ async fn metrics_move_with_real_traffic() {
         "{per_tunnel}"
     );
     assert!(per_tunnel.ends_with(&format!(" {total}")), "{per_tunnel}");
+    // Labelled by names that survive a restart, not by the internal id.
+    assert!(
+        per_tunnel.contains(&format!("name=\"tcp:{port}\"")),
+        "{per_tunnel}"
+    );
+    assert!(per_tunnel.contains("client=\"127.0.0.1\""), "{per_tunnel}");
+    assert!(!per_tunnel.contains("tunnel=\""), "{per_tunnel}");
+    assert!(text.contains("pipe_build_info{version=\""), "{text}");
+    for series in [
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_cpu_seconds_total ",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(series)),
+            "no {series} in:\n{text}"
+        );
+    }
     assert!(text.contains("# TYPE pipe_bytes_total counter"));
 }
 

@@ -1,9 +1,9 @@
-//! A real-browser test of the admin dashboard (issue 8): headless Chromium loads the
-//! page from a running `piped` that has a live tunnel which carried bytes, runs its
-//! JavaScript (token from the `#token=` fragment, JSON API calls) and the rendered DOM
-//! must hold the tunnel's row with nonzero byte counters; without the token the page
-//! shows the token form and no data. Screenshots (desktop and
-//! phone width) are saved under `target/test-artifacts/` for a human to look at.
+//! A real-browser test of the admin dashboard: headless Chromium loads the page from a
+//! running `piped` whose two tunnels carried bytes, runs its JavaScript (JSON API
+//! calls, sparklines) and the rendered DOM must hold each tunnel's row with its name,
+//! speed limit and non-zero history; with an admin token and none entered the page
+//! shows the token form and no data. Screenshots (desktop and phone width) are saved
+//! under `target/test-artifacts/` for a human to look at.
 //!
 //! Needs Debian's `chromium` (`apt-get install -y chromium`; CI installs it), or the
 //! binary named by `PIPE_CHROMIUM`.
@@ -71,17 +71,6 @@ async fn run_chromium(url: &str, extra: &[String]) -> Output {
     out
 }
 
-/// GET through curl (the browser test needs only this one JSON poll).
-fn curl_tunnels(admin: SocketAddr) -> serde_json::Value {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "10", "-H"])
-        .arg(format!("Authorization: Bearer {ADMIN_TOKEN}"))
-        .arg(format!("http://{admin}/api/tunnels"))
-        .output()
-        .expect("curl runs");
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
-}
-
 /// The value of `attr="…"` inside `tag` (an element's opening tag).
 fn attr(tag: &str, name: &str) -> Option<String> {
     let start = tag.find(&format!("{name}=\""))? + name.len() + 2;
@@ -99,29 +88,19 @@ fn assert_png(path: &Path) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dashboard_renders_the_live_tunnel_in_a_real_browser() {
-    let echo = echo_service().await;
-    let server = Piped::start(&["--admin", "127.0.0.1:0", "--admin-token", ADMIN_TOKEN]);
-    let admin = server.admin.expect("admin address");
-    let (_client, ports) = Pipec::start(
-        server.addr,
-        &["--forward", &format!("tcp:127.0.0.1:{}:0", echo.port)],
-        1,
-    );
-    let port = ports[0];
-    let msg = random_bytes(300_000, 11);
-    assert_eq!(echo_roundtrip(port, &msg).await, msg);
-    let deadline = Instant::now() + WAIT;
-    while curl_tunnels(admin)[0]["bytes_out"] != msg.len() {
-        assert!(Instant::now() < deadline, "the API never showed the bytes");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// GET `path` of an admin through curl, with the admin token.
+fn curl_json(admin: SocketAddr, path: &str) -> serde_json::Value {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-H"])
+        .arg(format!("Authorization: Bearer {ADMIN_TOKEN}"))
+        .arg(format!("http://{admin}{path}"))
+        .output()
+        .expect("curl runs");
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
 
-    // The token travels in the fragment, which the browser never sends to the server.
-    let url = format!("http://{admin}/#token={ADMIN_TOKEN}");
-    let out = run_chromium(&url, &["--dump-dom".to_string()]).await;
-    let dom = String::from_utf8_lossy(&out.stdout);
+/// The opening tag and the whole `<tr>` of the row whose `data-port` is `port`.
+fn row_of(dom: &str, port: u16) -> (String, String) {
     let row_start = dom
         .find(&format!("data-port=\"{port}\""))
         .and_then(|at| dom[..at].rfind("<tr"))
@@ -131,36 +110,96 @@ async fn dashboard_renders_the_live_tunnel_in_a_real_browser() {
         .map_or(dom.len(), |e| row_start + e);
     let row = &dom[row_start..row_end];
     let open_tag = &row[..row.find('>').unwrap_or(row.len())];
-    let bytes_in: u64 = attr(open_tag, "data-bytes-in")
-        .and_then(|v| v.parse().ok())
-        .expect("data-bytes-in");
-    let bytes_out: u64 = attr(open_tag, "data-bytes-out")
-        .and_then(|v| v.parse().ok())
-        .expect("data-bytes-out");
-    assert_eq!(bytes_in, msg.len() as u64, "{row}");
-    assert_eq!(bytes_out, msg.len() as u64, "{row}");
-    // What a person reads: the public port, the local target and a human byte count.
-    assert!(row.contains(&format!(">:{port}<")), "{row}");
-    assert!(row.contains(&format!("127.0.0.1:{}", echo.port)), "{row}");
-    assert!(row.contains("293 KiB"), "{row}");
-    assert!(dom.contains("data-client-id="), "no client row:\n{dom}");
-    assert!(
-        dom.contains("<span id=\"status\" class=\"\">updated "),
-        "the page did not report a successful refresh:\n{dom}"
-    );
+    (open_tag.to_string(), row.to_string())
+}
 
-    // Without the token the page asks for it, and shows no data.
-    let bare = format!("http://{admin}/");
-    let out = run_chromium(&bare, &["--dump-dom".to_string()]).await;
+/// The `data-max` of the first sparkline after `marker` in `html`.
+fn spark_max(html: &str, marker: &str) -> f64 {
+    let at = html
+        .find(marker)
+        .unwrap_or_else(|| panic!("no {marker} in:\n{html}"));
+    let svg = &html[at..];
+    let svg = &svg[svg
+        .find("<svg")
+        .unwrap_or_else(|| panic!("no sparkline after {marker}"))..];
+    let tag = &svg[..svg.find('>').unwrap_or(svg.len())];
+    attr(tag, "data-max")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no data-max in {tag}"))
+}
+
+/// Two tunnels carry traffic while the server samples its history: the page shows
+/// their names, limits, non-zero sparklines for each and for the server, and links
+/// nothing that is not an https URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_names_limits_and_history_sparklines() {
+    let (echo_a, echo_b) = (echo_service().await, echo_service().await);
+    // A loopback admin without a token is open: the page needs no token to show data.
+    let server = Piped::start(&["--admin", "127.0.0.1:0"]);
+    let admin = server.admin.expect("admin address");
+    let (_client, ports) = Pipec::start(
+        server.addr,
+        &[
+            "--speed-limit",
+            "2MiB",
+            "--forward",
+            &format!("tcp:127.0.0.1:{}:0", echo_a.port),
+            "--forward",
+            &format!("tcp:127.0.0.1:{}:0", echo_b.port),
+        ],
+        2,
+    );
+    // Connections held open through the samples, and traffic on both tunnels until
+    // the history has a non-zero point for each.
+    let mut held = Vec::new();
+    for p in &ports {
+        held.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", *p))
+                .await
+                .unwrap(),
+        );
+    }
+    let msg = random_bytes(100_000, 5);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        for p in &ports {
+            assert_eq!(echo_roundtrip(*p, &msg).await, msg);
+        }
+        let h = curl_json(admin, "/api/history");
+        let busy = |name: String| {
+            h["tunnels"][&name]["rate_in"]
+                .as_array()
+                .is_some_and(|v| v.iter().any(|x| x.as_u64() > Some(0)))
+        };
+        if ports.iter().all(|p| busy(format!("tcp:{p}"))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no history after {WAIT:?}: {h}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let url = format!("http://{admin}/");
+    let out = run_chromium(&url, &["--dump-dom".to_string()]).await;
     let dom = String::from_utf8_lossy(&out.stdout);
+    for p in &ports {
+        let (open_tag, row) = row_of(&dom, *p);
+        assert_eq!(
+            attr(&open_tag, "data-name"),
+            Some(format!("tcp:{p}")),
+            "{row}"
+        );
+        assert!(row.contains(&format!(">tcp:{p}<")), "name shown: {row}");
+        assert!(row.contains(">2.00 MiB/s<"), "limit shown: {row}");
+        assert!(spark_max(&row, "spark-rate") > 0.0, "{row}");
+        assert!(spark_max(&row, "spark-conns") >= 1.0, "{row}");
+        assert!(!row.contains("<a "), "a tcp address is not a link: {row}");
+    }
+    assert!(spark_max(&dom, "id=\"s-rate\"") > 0.0, "server throughput");
     assert!(
-        dom.contains("<section id=\"auth\" class=\"show\">"),
-        "no token form:\n{dom}"
+        spark_max(&dom, "id=\"s-conns\"") >= 1.0,
+        "server connections"
     );
-    assert!(
-        !dom.contains("data-tunnel-id="),
-        "data shown without a token"
-    );
+    drop(held);
 
     let dir = artifacts();
     for (name, size) in [
@@ -175,5 +214,38 @@ async fn dashboard_renders_the_live_tunnel_in_a_real_browser() {
         ];
         run_chromium(&url, &flags).await;
         assert_png(&path);
+    }
+}
+
+/// With an admin token the page asks for it and shows no data; a token in the URL is
+/// not taken (it would land in history and logs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_with_a_token_asks_for_it_and_ignores_one_in_the_url() {
+    let echo = echo_service().await;
+    let server = Piped::start(&["--admin", "127.0.0.1:0", "--admin-token", ADMIN_TOKEN]);
+    let admin = server.admin.expect("admin address");
+    let (_client, _ports) = Pipec::start(
+        server.addr,
+        &["--forward", &format!("tcp:127.0.0.1:{}:0", echo.port)],
+        1,
+    );
+    assert_eq!(
+        curl_json(admin, "/api/tunnels").as_array().map(Vec::len),
+        Some(1)
+    );
+    for url in [
+        format!("http://{admin}/"),
+        format!("http://{admin}/#token={ADMIN_TOKEN}"),
+    ] {
+        let out = run_chromium(&url, &["--dump-dom".to_string()]).await;
+        let dom = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            dom.contains("<section id=\"auth\" class=\"show\">"),
+            "{url}: no token form:\n{dom}"
+        );
+        assert!(
+            !dom.contains("data-tunnel-id="),
+            "{url}: data shown without a token"
+        );
     }
 }

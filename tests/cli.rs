@@ -63,8 +63,8 @@ async fn bad_client_inputs_exit_2_and_disturb_nothing() {
     };
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
-            with_server(&["--forward", "tcp:3000"]),
-            "invalid forward \"tcp:3000\"",
+            with_server(&["--forward", "tcp:1:2:3:4"]),
+            "invalid forward \"tcp:1:2:3:4\"",
         ),
         (
             with_server(&["--forward", "sctp:1:2"]),
@@ -91,7 +91,7 @@ async fn bad_client_inputs_exit_2_and_disturb_nothing() {
         (
             vec![
                 s("--server"),
-                s("example.com"),
+                s("example.com:"),
                 s("--forward"),
                 good.clone(),
             ],
@@ -229,5 +229,8 @@ fn a_port_that_cannot_be_bound_is_a_runtime_failure_exit_1() {
     let (code, out, err) = run(piped_bin(), &[s("--listen"), addr.clone()]);
     assert_eq!(code, 1, "stderr:\n{err}");
     assert!(out.is_empty(), "{out:?}");
-    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on the control address {addr}")),
+        "{err}"
+    );
 }

@@ -162,7 +162,7 @@ async fn refused_forwards_exit_4_and_leave_tunnels_alone() {
     let cases = [
         (
             format!("tcp:{}:80", echo.port),
-            "port 80 is not in the server's allowed ports",
+            "port 80 is not in the server's allowed ports (1024-65535)",
         ),
         (
             format!("tcp:{}:{live}", echo.port),
@@ -206,10 +206,8 @@ async fn outside_custom_port_range_is_refused_and_port_zero_picks_inside() {
         &["--forward", &format!("tcp:{}:{}", echo.port, base + 20)],
     );
     assert_eq!(c.proc.wait_exit(WAIT), 4);
-    assert!(c
-        .proc
-        .stderr()
-        .contains("not in the server's allowed ports"));
+    let want = format!("not in the server's allowed ports ({range})");
+    assert!(c.proc.stderr().contains(&want), "{}", c.proc.stderr());
 }
 
 /// Finds `n` consecutive ports that are free right now (bounded search).

@@ -60,6 +60,8 @@ pub struct ClientView {
 #[derive(Serialize)]
 pub struct TunnelView {
     pub id: u64,
+    /// A name that survives restarts: the subdomain, or `PROTO:PORT`.
+    pub name: String,
     /// The session (`ClientView::id`) that owns the tunnel.
     pub client: u64,
     pub client_addr: Option<String>,
@@ -80,6 +82,20 @@ pub struct TunnelView {
     pub bytes_out: u64,
     /// Bytes per second, when the tunnel is shaped.
     pub speed_limit: Option<u64>,
+}
+
+/// A tunnel's stable name: the subdomain of an http tunnel, else `PROTO:PORT`
+/// (clients get their ports back after a reconnect, so the name stays).
+pub fn tunnel_name(t: &TunnelInfo) -> String {
+    let sub = t
+        .url
+        .as_deref()
+        .and_then(|u| u.strip_prefix("https://"))
+        .and_then(|h| h.split('.').next());
+    match sub {
+        Some(sub) => sub.to_string(),
+        None => format!("{}:{}", t.proto.as_str(), t.port),
+    }
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -146,6 +162,7 @@ fn tunnel_view(t: &TunnelInfo, client_addr: Option<String>) -> TunnelView {
     let st = &t.stats;
     TunnelView {
         id: t.id,
+        name: tunnel_name(t),
         client: t.session_id,
         client_addr,
         proto: t.proto.as_str(),

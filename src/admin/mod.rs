@@ -6,17 +6,20 @@
 //! tunnel on the operator's request, through `State::close_tunnel`.
 //!
 //! Routes: `GET /` (the dashboard), `GET /api/server`, `GET /api/clients`,
-//! `GET /api/tunnels`, `DELETE /api/tunnels/{id}`, `GET /metrics`, and two that need no
+//! `GET /api/tunnels`, `DELETE /api/tunnels/{id}`, `GET /api/history` (the last 15
+//! minutes of throughput and connections), `GET /metrics`, and two that need no
 //! token because the caller cannot send one and they reveal nothing worth a token:
 //! `GET /healthz` and `GET /caddy/ask?domain=HOST` (Caddy's on-demand TLS check: 200 when
 //! HOST is a live http tunnel, else 404).
 //!
 //! A browser cannot attach a bearer token when it navigates, so with a token set `GET /`
 //! without one answers 401 *with the dashboard page as the body*: the page holds no data,
-//! takes the token from a `#token=` fragment or a form, keeps it in sessionStorage and
+//! takes the token from a form, keeps it in sessionStorage (never in the URL) and
 //! sends it on every API call.
 
 mod api;
+mod history;
+mod process;
 mod prom;
 
 use crate::auth::Token;
@@ -81,6 +84,7 @@ pub async fn admin_addrs(addr: &str, has_token: bool) -> Result<Vec<SocketAddr>,
 struct Admin {
     state: Arc<State>,
     token: Option<Token>,
+    history: Arc<history::History>,
 }
 
 type Shared = Arc<Admin>;
@@ -107,14 +111,19 @@ fn bearer(value: &str) -> Option<&str> {
         .then_some(rest.trim_start())
 }
 
-/// The routes, ready to serve.
-pub fn router(state: Arc<State>) -> Router {
+/// The routes, ready to serve; `history` is what `/api/history` shows.
+fn router(state: Arc<State>, history: Arc<history::History>) -> Router {
     let token = state.config.admin_token.clone();
-    let admin = Arc::new(Admin { state, token });
+    let admin = Arc::new(Admin {
+        state,
+        token,
+        history,
+    });
     let protected = Router::new()
         .route("/api/server", get(api::server))
         .route("/api/clients", get(api::clients))
         .route("/api/tunnels", get(api::tunnels))
+        .route("/api/history", get(history_view))
         .route(
             "/api/tunnels/{id}",
             axum::routing::delete(api::close_tunnel),
@@ -132,7 +141,13 @@ pub fn router(state: Arc<State>) -> Router {
 
 /// Serves the admin routes on `listener` until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
-    let served = axum::serve(listener, router(state))
+    let history = Arc::new(history::History::default());
+    tokio::spawn(history::run(
+        history.clone(),
+        state.clone(),
+        shutdown.clone(),
+    ));
+    let served = axum::serve(listener, router(state, history))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
     if let Err(e) = served {
@@ -177,6 +192,10 @@ async fn dashboard(Ext(admin): Ext<Shared>, headers: HeaderMap) -> Response {
     } else {
         (StatusCode::UNAUTHORIZED, challenge(), page).into_response()
     }
+}
+
+async fn history_view(Ext(admin): Ext<Shared>) -> Json<history::HistoryView> {
+    Json(admin.history.view())
 }
 
 async fn metrics(Ext(admin): Ext<Shared>) -> impl IntoResponse {

@@ -13,6 +13,7 @@ use crate::protocol::Proto;
 use crate::server::state::{State, TunnelInfo};
 use metrics::{counter, describe_counter, describe_gauge, gauge, Label};
 use metrics_exporter_prometheus::PrometheusBuilder;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 const PROTOS: [Proto; 3] = [Proto::Tcp, Proto::Udp, Proto::Http];
@@ -21,14 +22,22 @@ const PROTOS: [Proto; 3] = [Proto::Tcp, Proto::Udp, Proto::Http];
 pub fn render(state: &State) -> String {
     let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
+    let clients: HashMap<u64, String> = state
+        .sessions()
+        .iter()
+        .map(|s| (s.id, s.addr.ip().to_string()))
+        .collect();
     metrics::with_local_recorder(&recorder, || {
         describe();
         record_totals(state);
         for t in state.tunnels() {
-            record_tunnel(&t);
+            let client = clients.get(&t.session_id).map_or("", String::as_str);
+            record_tunnel(&t, client);
         }
     });
-    handle.render()
+    let mut text = handle.render();
+    text.push_str(&super::process::render());
+    text
 }
 
 fn describe() {
@@ -55,6 +64,10 @@ fn describe() {
         "Datagrams dropped because a UDP tunnel was congested or over its speed limit."
     );
     describe_gauge!("pipe_uptime_seconds", "Seconds since the server started.");
+    describe_gauge!(
+        "pipe_build_info",
+        "Always 1; the version label is the running software and wire protocol."
+    );
     describe_gauge!(
         "pipe_tunnel_connections_active",
         "Public connections open now, per tunnel."
@@ -88,18 +101,24 @@ fn record_totals(state: &State) {
     counter!("pipe_auth_failures_total").absolute(s.auth_failures.load(Ordering::Relaxed));
     counter!("pipe_udp_dropped_total").absolute(s.udp_dropped.load(Ordering::Relaxed));
     gauge!("pipe_uptime_seconds").set(state.started_at.elapsed().as_secs_f64());
+    gauge!("pipe_build_info", "version" => env!("CARGO_PKG_VERSION"),
+        "protocol" => crate::protocol::PROTOCOL_VERSION.to_string())
+    .set(1.0);
 }
 
-/// Per-tunnel series: their number is bounded by the tunnel caps.
-fn record_tunnel(t: &TunnelInfo) {
+/// Per-tunnel series: their number is bounded by the tunnel caps. Labelled by what
+/// survives a restart (the tunnel's name and the client's address), never by the
+/// internal id, so a series continues when its client reconnects.
+fn record_tunnel(t: &TunnelInfo, client: &str) {
     let public = match &t.url {
         Some(url) => url.clone(),
         None => t.port.to_string(),
     };
     let labels = vec![
-        Label::new("tunnel", t.id.to_string()),
+        Label::new("name", super::api::tunnel_name(t)),
         Label::new("proto", t.proto.as_str()),
         Label::new("public", public),
+        Label::new("client", client.to_string()),
     ];
     let st = &t.stats;
     gauge!("pipe_tunnel_connections_active", labels.clone())
@@ -123,6 +142,12 @@ mod tests {
         let state = State::new(ServerConfig::for_tests());
         state.stats.auth_failures.store(3, Ordering::Relaxed);
         let text = render(&state);
+        let build = format!(
+            "pipe_build_info{{version=\"{}\",protocol=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            crate::protocol::PROTOCOL_VERSION
+        );
+        assert!(text.lines().any(|l| l == build), "no {build} in:\n{text}");
         for line in [
             "pipe_clients 0",
             "pipe_tunnels{proto=\"tcp\"} 0",
@@ -134,6 +159,7 @@ mod tests {
             "pipe_auth_failures_total 3",
             "# TYPE pipe_bytes_total counter",
             "# TYPE pipe_clients gauge",
+            "# TYPE process_open_fds gauge",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -5,7 +5,6 @@ use clap::Parser;
 use pipe::config::cli::{PipecArgs, PipecCommand};
 use pipe::config::{ClientConfig, Endpoint, LogConfig};
 use pipe::relay::RelayListener;
-use std::io::Write;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +22,8 @@ fn main() -> ExitCode {
             let cfg = match ClientConfig::from_args(args.run, &args.log) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    pipe::logging::init(&LogConfig::from_args(&args.log));
+                    pipe::logging::fatal(&e);
                     return ExitCode::from(2);
                 }
             };
@@ -43,7 +43,7 @@ fn runtime(multi: bool) -> Option<tokio::runtime::Runtime> {
     match b.enable_all().build() {
         Ok(rt) => Some(rt),
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            pipe::logging::fatal(&format_args!("cannot start the runtime: {e}"));
             None
         }
     }
@@ -56,9 +56,7 @@ async fn client(cfg: ClientConfig) -> ExitCode {
     let printer = tokio::spawn(async move {
         while let Some(ev) = rx.recv().await {
             if let Some(line) = ev.stdout_line() {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{line}");
-                let _ = out.flush();
+                pipe::logging::stdout_line(&line);
             }
         }
     });
@@ -67,7 +65,7 @@ async fn client(cfg: ClientConfig) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            pipe::logging::fatal(&e);
             ExitCode::from(e.exit_code() as u8)
         }
     }
@@ -77,12 +75,11 @@ async fn relay(listen: Endpoint, target: Endpoint) -> ExitCode {
     let listener = match RelayListener::bind(&listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: {e}");
+            pipe::logging::fatal(&e);
             return ExitCode::from(1);
         }
     };
-    println!("listening on {}", listener.describe());
-    let _ = std::io::stdout().flush();
+    pipe::logging::stdout_line(&format_args!("listening on {}", listener.describe()));
     let stop = CancellationToken::new();
     tokio::spawn(pipe::signals::cancel_on_signal(stop.clone()));
     pipe::relay::run(listener, target, stop).await;

@@ -2,9 +2,8 @@
 
 use clap::Parser;
 use pipe::config::cli::PipedArgs;
-use pipe::config::ServerConfig;
+use pipe::config::{LogConfig, ServerConfig};
 use pipe::server::{Server, ServerError};
-use std::io::Write;
 use std::process::ExitCode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -13,10 +12,12 @@ fn main() -> ExitCode {
     // Before any allocation of the data path: keep yamux's frame buffers in the heap.
     pipe::transport::alloc::tune_for_frames();
     let args = PipedArgs::parse();
+    let log = LogConfig::from_args(&args.log);
     let cfg = match ServerConfig::from_args(args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            pipe::logging::init(&log);
+            pipe::logging::fatal(&e);
             return ExitCode::from(2);
         }
     };
@@ -27,15 +28,43 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            pipe::logging::fatal(&format_args!("cannot start the runtime: {e}"));
             return ExitCode::from(1);
         }
     };
     rt.block_on(serve(cfg))
 }
 
+/// The start-up summary: how clients get in and what they may claim, in one line.
+fn summary(cfg: &ServerConfig, admin: Option<std::net::SocketAddr>) -> String {
+    let auth = if cfg.token.is_some() {
+        "token"
+    } else {
+        "open (no token)"
+    };
+    let tls = match &cfg.tls_cert {
+        Some(cert) => format!("cert {}", cert.display()),
+        None => "off".into(),
+    };
+    let admin = match (admin, cfg.admin_token.is_some()) {
+        (Some(a), true) => format!("{a} (admin token)"),
+        (Some(a), false) => format!("{a} (no admin token)"),
+        (None, _) => "off".into(),
+    };
+    let http = match &cfg.domain {
+        Some(d) => format!("https://*.{d} via Caddy"),
+        None => "off".into(),
+    };
+    format!(
+        "piped {}: auth {auth}, TLS {tls}, ports {}, admin {admin}, http forwards {http}",
+        pipe::VERSION_LINE,
+        cfg.ports
+    )
+}
+
 async fn serve(cfg: ServerConfig) -> ExitCode {
     let listen = cfg.listen.clone();
+    let summary_cfg = cfg.clone();
     let server = match Server::new(cfg) {
         Ok(v) => v,
         Err(e) => return fail(&e),
@@ -43,7 +72,9 @@ async fn serve(cfg: ServerConfig) -> ExitCode {
     let listener = match TcpListener::bind(&listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: cannot listen on {listen}: {e}");
+            pipe::logging::fatal(&format_args!(
+                "cannot listen on the control address {listen}: {e}"
+            ));
             return ExitCode::from(1);
         }
     };
@@ -53,16 +84,16 @@ async fn serve(cfg: ServerConfig) -> ExitCode {
         Err(e) => return fail(&e),
     };
     match listener.local_addr() {
-        Ok(a) => println!("listening on {a}"),
+        Ok(a) => pipe::logging::stdout_line(&format_args!("listening on {a}")),
         Err(e) => {
-            eprintln!("error: {e}");
+            pipe::logging::fatal(&e);
             return ExitCode::from(1);
         }
     }
     if let Some(a) = admin {
-        println!("admin on {a}");
+        pipe::logging::stdout_line(&format_args!("admin on {a}"));
     }
-    let _ = std::io::stdout().flush();
+    tracing::info!("{}", summary(&summary_cfg, admin));
     tokio::spawn(pipe::signals::cancel_on_signal(shutdown.clone()));
     match server.run(listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -71,6 +102,6 @@ async fn serve(cfg: ServerConfig) -> ExitCode {
 }
 
 fn fail(e: &ServerError) -> ExitCode {
-    eprintln!("error: {e}");
+    pipe::logging::fatal(e);
     ExitCode::from(e.exit_code())
 }

@@ -5,6 +5,7 @@
 //! What the user sees on stdout is not printed here: `run` reports `ClientEvent`s and
 //! the binary prints them.
 
+mod local;
 mod session;
 mod stream;
 pub mod udp;
@@ -15,7 +16,7 @@ use crate::protocol::Proto;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 /// First reconnect delay: a blip should cost almost nothing.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -45,11 +46,23 @@ impl ClientEvent {
     }
 }
 
+/// Exit status when the server's operator closed every forward (README's table).
+pub const EXIT_CLOSED_BY_OPERATOR: i32 = 5;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server refused the login (exit 3).
     #[error(transparent)]
     Login(#[from] LoginError),
+    /// The server wants a token and none was given (exit 3).
+    #[error("this server requires a token: give --token or set PIPE_TOKEN")]
+    NoToken,
+    /// The server's name did not resolve at the first connect (exit 1).
+    #[error("{0}: check the --server name (or run with --retry-forever)")]
+    Unresolved(String),
+    /// The server's operator closed every forward (exit 5).
+    #[error("the server closed every forward ({0}); not reconnecting")]
+    ClosedByOperator(String),
     /// A forward was refused at its first registration (exit 4).
     #[error("forward {spec} refused: {reason}")]
     ForwardRefused { spec: String, reason: String },
@@ -62,9 +75,10 @@ impl ClientError {
     /// Process exit code for this error (SPEC).
     pub fn exit_code(&self) -> i32 {
         match self {
-            ClientError::Login(_) => 3,
+            ClientError::Login(_) | ClientError::NoToken => 3,
             ClientError::ForwardRefused { .. } => 4,
-            ClientError::Tls(_) => 1,
+            ClientError::Tls(_) | ClientError::Unresolved(_) => 1,
+            ClientError::ClosedByOperator(_) => EXIT_CLOSED_BY_OPERATOR,
         }
     }
 }
@@ -141,6 +155,7 @@ pub async fn run(
         })
         .collect();
     let mut backoff = Backoff::new(config.reconnect_max);
+    let mut retries = Retries::default();
     loop {
         let ctx = session::SessionCtx {
             config: &config,
@@ -149,25 +164,93 @@ pub async fn run(
             events: &events,
             shutdown: &shutdown,
         };
-        match session::run_once(ctx, &mut forwards).await {
+        let why = match session::run_once(ctx, &mut forwards).await {
             Ok(session::End::Shutdown) => return Ok(()),
+            Ok(session::End::AllClosed { reason }) => {
+                return Err(ClientError::ClosedByOperator(reason))
+            }
+            Ok(session::End::ServerClosed) => {
+                backoff.reset();
+                retries.connected();
+                warn!("the server closed the session (it is stopping or restarting); reconnecting");
+                None
+            }
             Ok(session::End::Lost { logged_in, reason }) => {
                 if logged_in {
                     backoff.reset();
+                    retries.connected();
+                    warn!("session lost ({reason}); reconnecting");
+                    None
+                } else {
+                    Some(reason)
                 }
-                warn!(%reason, "session lost; reconnecting");
             }
+            Ok(session::End::Unreachable { reason, unresolved }) => {
+                if unresolved && !retries.ever_connected && !config.retry_forever {
+                    return Err(ClientError::Unresolved(reason));
+                }
+                Some(reason)
+            }
+            Err(ClientError::Login(LoginError::BadToken)) if config.token.is_none() => {
+                if !config.retry_forever {
+                    return Err(ClientError::NoToken);
+                }
+                Some(ClientError::NoToken.to_string())
+            }
+            Err(ClientError::Login(e)) if config.retry_forever => Some(e.to_string()),
             Err(e) => return Err(e),
-        }
-        if forwards.iter().all(|f| f.closed) {
-            info!("every forward was closed by the server; exiting");
-            return Ok(());
-        }
+        };
         let delay = backoff.delay();
+        if let Some(why) = why {
+            let n = retries.failed();
+            if Retries::worth_a_line(n) {
+                warn!("{why}; retry {n} in {}", short_duration(delay));
+            } else {
+                debug!("{why}; retry {n} in {}", short_duration(delay));
+            }
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(delay) => {}
         }
+    }
+}
+
+/// Consecutive failed attempts, for the retry lines.
+#[derive(Debug, Default)]
+struct Retries {
+    failed: u32,
+    /// Has any session logged in? A name that stops resolving later is a DNS
+    /// outage to wait out, not a typo.
+    ever_connected: bool,
+}
+
+impl Retries {
+    fn connected(&mut self) {
+        self.failed = 0;
+        self.ever_connected = true;
+    }
+
+    /// Counts a failure; returns the number of the retry that follows it.
+    fn failed(&mut self) -> u32 {
+        self.failed = self.failed.saturating_add(1);
+        self.failed
+    }
+
+    /// Retries 1-3 and then every power of two get a WARN line: the lines thin out as
+    /// the outage goes on (at the 2 s cap: 16 s, 32 s, 64 s … apart).
+    fn worth_a_line(n: u32) -> bool {
+        n <= 3 || n.is_power_of_two()
+    }
+}
+
+/// `0.2s`, `1.5s`, `4s`: a delay as a person reads it, to a tenth of a second.
+fn short_duration(d: Duration) -> String {
+    let tenths = (d.as_millis() as f64 / 100.0).round() as u64;
+    if tenths % 10 == 0 {
+        format!("{}s", tenths / 10)
+    } else {
+        format!("{}.{}s", tenths / 10, tenths % 10)
     }
 }
 
@@ -184,5 +267,14 @@ mod tests {
         assert!(delays[9] >= Duration::from_secs(1));
         b.reset();
         assert!(b.delay() <= RECONNECT_MIN);
+    }
+
+    #[test]
+    fn retry_lines_thin_out_and_delays_read_short() {
+        let logged: Vec<u32> = (1..=40).filter(|n| Retries::worth_a_line(*n)).collect();
+        assert_eq!(logged, [1, 2, 3, 4, 8, 16, 32]);
+        assert_eq!(short_duration(Duration::from_millis(4_020)), "4s");
+        assert_eq!(short_duration(Duration::from_millis(1_460)), "1.5s");
+        assert_eq!(short_duration(Duration::from_millis(73)), "0.1s");
     }
 }

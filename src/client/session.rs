@@ -36,7 +36,61 @@ pub(crate) struct SessionCtx<'a> {
 
 pub(crate) enum End {
     Shutdown,
-    Lost { logged_in: bool, reason: String },
+    Lost {
+        logged_in: bool,
+        reason: String,
+    },
+    /// The server could not be reached at all; `unresolved` when its name has no
+    /// address (a typo, or DNS not up yet).
+    Unreachable {
+        reason: String,
+        unresolved: bool,
+    },
+    /// The server ended a live session in order: it is stopping or restarting.
+    ServerClosed,
+    /// The server's operator closed every forward: nothing is left to publish.
+    AllClosed {
+        reason: String,
+    },
+}
+
+fn unreachable(reason: String, unresolved: bool) -> Result<End, ClientError> {
+    Ok(End::Unreachable { reason, unresolved })
+}
+
+/// `connection refused` rather than `Connection refused (os error 111)`.
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        std::io::ErrorKind::TimedOut => "timed out".into(),
+        std::io::ErrorKind::HostUnreachable => "host unreachable".into(),
+        std::io::ErrorKind::NetworkUnreachable => "network unreachable".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Resolves the server's name, then dials each address in turn.
+async fn dial(server: &str) -> Result<TcpStream, End> {
+    let addrs: Vec<_> = match tokio::net::lookup_host(server).await {
+        Ok(a) => a.collect(),
+        Err(e) => {
+            return Err(End::Unreachable {
+                reason: format!("cannot resolve {server} ({e})"),
+                unresolved: true,
+            })
+        }
+    };
+    let mut why = String::from("the name has no address");
+    for a in &addrs {
+        match TcpStream::connect(a).await {
+            Ok(s) => return Ok(s),
+            Err(e) => why = io_reason(&e),
+        }
+    }
+    Err(End::Unreachable {
+        reason: format!("cannot reach {server} ({why})"),
+        unresolved: addrs.is_empty(),
+    })
 }
 
 fn lost(reason: impl Into<String>) -> Result<End, ClientError> {
@@ -68,13 +122,13 @@ pub(crate) async fn run_once(
     ctx: SessionCtx<'_>,
     forwards: &mut [ForwardState],
 ) -> Result<End, ClientError> {
-    let dial = timeout(CONNECT_TIMEOUT, TcpStream::connect(&ctx.config.server));
+    let dial = timeout(CONNECT_TIMEOUT, dial(&ctx.config.server));
     let tcp = tokio::select! {
         _ = ctx.shutdown.cancelled() => return Ok(End::Shutdown),
         r = dial => match r {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return lost(format!("cannot reach {}: {e}", ctx.config.server)),
-            Err(_) => return lost(format!("cannot reach {}: timed out", ctx.config.server)),
+            Ok(Err(end)) => return Ok(end),
+            Err(_) => return unreachable(format!("cannot reach {} (timed out)", ctx.config.server), false),
         },
     };
     tcp::tune_control(&tcp);
@@ -107,7 +161,12 @@ where
 {
     let cfg = ctx.config;
     let stop = CancellationToken::new();
-    let routes: Routes = Arc::new(forwards.iter().map(|f| f.spec.clone()).collect());
+    let routes: Routes = Arc::new(
+        forwards
+            .iter()
+            .map(|f| stream::Route::new(f.spec.clone()))
+            .collect(),
+    );
     let udp = super::udp::UdpLimits {
         max_peers: cfg.udp_max_peers,
         idle: cfg.udp_idle_timeout,
@@ -218,11 +277,13 @@ impl Control<'_, '_> {
         let mut last_seen = Instant::now();
         loop {
             tokio::select! {
+                // In this order: when a server stops, the control stream's end and the
+                // connection's arrive together, and the stream's says it was in order.
+                biased;
                 _ = self.ctx.shutdown.cancelled() => {
                     self.cancel_all().await;
                     return Ok(End::Shutdown);
                 }
-                _ = driver.finished() => return logged_in("connection lost"),
                 msg = self.ctl.recv::<ServerMsg>() => {
                     last_seen = Instant::now();
                     match msg {
@@ -240,20 +301,22 @@ impl Control<'_, '_> {
                             if let Some(r) = refused.get_mut(id as usize) { *r = true; }
                         }
                         Ok(ServerMsg::Closed { id, reason }) => {
-                            if let Some(f) = self.forwards.get_mut(id as usize) {
-                                warn!(forward = %describe(&f.spec), %reason, "the server closed this forward; not re-registering it");
-                                f.closed = true;
-                                let _ = self.ctx.events.send(ClientEvent::Closed { id, reason });
-                            }
+                            let Some(f) = self.forwards.get_mut(id as usize) else { continue };
+                            f.closed = true;
+                            let forward = describe(&f.spec);
+                            let _ = self.ctx.events.send(ClientEvent::Closed { id, reason: reason.clone() });
                             if self.forwards.iter().all(|f| f.closed) {
-                                return logged_in("every forward was closed by the server");
+                                // The exit line says it; one line, not two.
+                                return Ok(End::AllClosed { reason });
                             }
+                            warn!(%forward, "the server closed this forward ({reason}); not registering it again");
                         }
                         Ok(other) => debug!(?other, "unexpected message from the server"),
-                        Err(CodecError::Closed) => return logged_in("server closed the session"),
+                        Err(CodecError::Closed) => return Ok(End::ServerClosed),
                         Err(e) => return logged_in(&format!("bad message from the server: {e}")),
                     }
                 }
+                _ = driver.finished() => return logged_in("connection lost"),
                 _ = tick.tick() => {
                     if last_seen.elapsed() >= cfg.heartbeat_timeout {
                         return logged_in("heartbeat timeout: the server went silent");

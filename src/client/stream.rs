@@ -1,6 +1,7 @@
 //! One data stream opened by the server: read its header, dial the local service,
 //! answer with the status byte, splice.
 
+use super::local::{self, DownWarning};
 use super::udp::{self, UdpLimits};
 use crate::config::ForwardSpec;
 use crate::protocol::Proto;
@@ -19,8 +20,24 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// client has not answered hold yamux's unacknowledged-stream budget, so this is bounded.
 const LOCAL_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// One forward as the data path sees it: where it goes, and its warning state.
+#[derive(Debug)]
+pub(crate) struct Route {
+    pub spec: ForwardSpec,
+    pub down: DownWarning,
+}
+
+impl Route {
+    pub fn new(spec: ForwardSpec) -> Self {
+        Route {
+            spec,
+            down: DownWarning::default(),
+        }
+    }
+}
+
 /// Routes: forward id → what it forwards to. Fixed for the life of the process.
-pub(crate) type Routes = Arc<Vec<ForwardSpec>>;
+pub(crate) type Routes = Arc<Vec<Route>>;
 
 pub(crate) async fn handle(mut stream: MuxStream, routes: Routes, udp: UdpLimits) {
     let header: StreamHeader = match timeout(
@@ -36,9 +53,9 @@ pub(crate) async fn handle(mut stream: MuxStream, routes: Routes, udp: UdpLimits
     let Some(route) = routes.get(header.forward_id as usize) else {
         return debug!(forward = header.forward_id, "stream for an unknown forward");
     };
-    if route.proto == Proto::Udp {
+    if route.spec.proto == Proto::Udp {
         let span = tracing::info_span!("udp", forward = header.forward_id);
-        return serve_udp(stream, route, udp).instrument(span).await;
+        return serve_udp(stream, &route.spec, udp).instrument(span).await;
     }
     let span =
         tracing::debug_span!("stream", forward = header.forward_id, visitor = ?header.visitor);
@@ -58,18 +75,28 @@ async fn serve_udp(stream: MuxStream, route: &ForwardSpec, limits: UdpLimits) {
     }
 }
 
-async fn connect(mut stream: MuxStream, route: &ForwardSpec) {
-    let mut local = match timeout(
+async fn connect(mut stream: MuxStream, route: &Route) {
+    let spec = &route.spec;
+    let dialled = match timeout(
         LOCAL_DIAL_TIMEOUT,
-        tcp::dial(&route.local_host, route.local_port),
+        tcp::dial(&spec.local_host, spec.local_port),
     )
     .await
     {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            return debug!(error = %e, local = %route.local(), "local service unreachable")
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    };
+    let mut local = match dialled {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(error = %e, local = %spec.local(), "local service unreachable");
+            route.down.report(spec, &e);
+            // An http visitor is answered by us: the tunnel works, the service does not.
+            if spec.proto == Proto::Http && stream.write_all(&[STREAM_CONNECTED]).await.is_ok() {
+                local::bad_gateway(&mut stream).await;
+            }
+            return;
         }
-        Err(_) => return debug!(local = %route.local(), "local service did not accept in time"),
     };
     if stream.write_all(&[STREAM_CONNECTED]).await.is_err() {
         return;

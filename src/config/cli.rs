@@ -48,7 +48,7 @@ pub struct PipedArgs {
     pub bind_addr: Option<String>,
     /// Address public UDP sockets bind, an IP or a host name (fly.io:
     /// fly-global-services) [default: --bind-addr]
-    #[arg(long, env = "PIPE_UDP_BIND_ADDR")]
+    #[arg(long, env = "PIPE_UDP_BIND_ADDR", hide_env_values = true)]
     pub udp_bind_addr: Option<String>,
     /// Public ports clients may claim, e.g. 9000-9100,10000 [default: 1024-65535]
     #[arg(long)]
@@ -142,7 +142,7 @@ pub enum PipecCommand {
 
 #[derive(Debug, Args)]
 pub struct PipecRunArgs {
-    /// The piped control address, HOST:PORT
+    /// The piped control address, HOST[:PORT] [default port: 8910]
     #[arg(long)]
     pub server: Option<String>,
     // The help text is an attribute, not a doc comment: rustdoc would read its
@@ -150,7 +150,7 @@ pub struct PipecRunArgs {
     #[arg(
         long = "forward",
         value_name = "SPEC",
-        help = "PROTO:[LOCAL_HOST:]LOCAL_PORT:REMOTE_PORT, or http:[LOCAL_HOST:]LOCAL_PORT[:SUBDOMAIN]"
+        help = "PROTO:[LOCAL_HOST:]LOCAL_PORT:REMOTE_PORT, or http:[LOCAL_HOST:]LOCAL_PORT[:SUBDOMAIN]; a bare LOCAL_PORT (or tcp:LOCAL_PORT) takes any free remote port"
     )]
     pub forwards: Vec<ForwardSpec>,
     /// Shared secret for the server's login.
@@ -181,6 +181,10 @@ pub struct PipecRunArgs {
     /// Longest wait between reconnect attempts [default: 2s]
     #[arg(long, value_parser = duration)]
     pub reconnect_max: Option<Duration>,
+    /// Keep retrying when the server name does not resolve at the first connect or
+    /// the login is refused (for service managers); without it pipec exits 1 / 3.
+    #[arg(long)]
+    pub retry_forever: bool,
     /// Close a UDP visitor's local socket after this long idle [default: 60s]
     #[arg(long, value_parser = duration)]
     pub udp_idle_timeout: Option<Duration>,

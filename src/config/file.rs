@@ -59,6 +59,7 @@ pub struct ClientFile {
     pub heartbeat_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub reconnect_max: Option<Duration>,
+    pub retry_forever: Option<bool>,
     #[serde(default, with = "humantime_serde")]
     pub udp_idle_timeout: Option<Duration>,
     pub udp_max_peers: Option<usize>,

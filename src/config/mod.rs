@@ -17,7 +17,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Default control port.
+/// Default control port: `pipec --server HOST` means this port too.
+pub const DEFAULT_PORT: u16 = 8910;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8910";
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -331,9 +332,31 @@ pub struct ClientConfig {
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub reconnect_max: Duration,
+    /// Retry an unresolvable name at the first connect and login refusals instead of
+    /// exiting.
+    pub retry_forever: bool,
     pub udp_idle_timeout: Duration,
     pub udp_max_peers: usize,
     pub log: LogConfig,
+}
+
+/// The server address with the default control port added when none is given.
+///
+/// ```
+/// assert_eq!(pipe::config::with_default_port("vps"), "vps:8910");
+/// assert_eq!(pipe::config::with_default_port("vps:9000"), "vps:9000");
+/// assert_eq!(pipe::config::with_default_port("[::1]"), "[::1]:8910");
+/// assert_eq!(pipe::config::with_default_port("[::1]:9000"), "[::1]:9000");
+/// assert_eq!(pipe::config::with_default_port("vps:"), "vps:");
+/// ```
+pub fn with_default_port(server: &str) -> String {
+    // A colon outside brackets means a port was meant (and is checked later).
+    let outside = server.rsplit_once(']').map_or(server, |(_, rest)| rest);
+    if outside.contains(':') {
+        server.to_string()
+    } else {
+        format!("{server}:{DEFAULT_PORT}")
+    }
 }
 
 /// Splits `HOST:PORT` (IPv6 in brackets) and returns the host.
@@ -357,8 +380,9 @@ impl ClientConfig {
             None => Default::default(),
         };
         let server = a.server.or(f.server).ok_or_else(|| {
-            "missing --server HOST:PORT (or `server` in the config file)".to_string()
+            "missing --server HOST[:PORT] (or `server` in the config file)".to_string()
         })?;
+        let server = with_default_port(&server);
         let server_host = host_of(&server)?;
         let client_limit = a.speed_limit.or(f.speed_limit).map(|r| r.0);
         let mut forwards = a.forwards;
@@ -400,6 +424,7 @@ impl ClientConfig {
                 .reconnect_max
                 .or(f.reconnect_max)
                 .unwrap_or(DEFAULT_RECONNECT_MAX),
+            retry_forever: a.retry_forever || f.retry_forever.unwrap_or(false),
             udp_idle_timeout: a
                 .udp_idle_timeout
                 .or(f.udp_idle_timeout)

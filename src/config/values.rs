@@ -16,8 +16,14 @@ use std::str::FromStr;
 /// assert_eq!("10MB".parse::<Rate>().unwrap().0, 10_000_000);
 /// assert_eq!("1GiB/s".parse::<Rate>().unwrap().0, 1 << 30);
 /// assert_eq!("4096".parse::<Rate>().unwrap().0, 4096);
+/// assert_eq!("1.5MB".parse::<Rate>().unwrap().0, 1_500_000);
+/// assert_eq!("0.5KiB".parse::<Rate>().unwrap().0, 512);
 /// assert!("fast".parse::<Rate>().is_err());
 /// assert!("0".parse::<Rate>().is_err());
+/// assert!("0.0001B".parse::<Rate>().is_err());
+/// assert!("1.2.3MB".parse::<Rate>().is_err());
+/// let e = "10kb".parse::<Rate>().unwrap_err();
+/// assert!(e.contains("unknown unit \"kb\"") && e.contains("KB, MB, GB"), "{e}");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate(pub u64);
@@ -27,11 +33,20 @@ impl FromStr for Rate {
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
         let t = t.strip_suffix("/s").unwrap_or(t);
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let split = t
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("invalid rate {s:?}: expected e.g. 500KiB, 10MB, 1GiB"))?;
+        let bad = || format!("invalid rate {s:?}: expected e.g. 500KiB, 1.5MB, 1GiB");
+        let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+        if whole.is_empty() && frac.is_empty() || frac.contains('.') {
+            return Err(bad());
+        }
+        let whole: u64 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| bad())?
+        };
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
             "K" | "KB" | "k" | "kB" => 1_000,
@@ -40,13 +55,31 @@ impl FromStr for Rate {
             "MiB" => 1 << 20,
             "G" | "GB" => 1_000_000_000,
             "GiB" => 1 << 30,
-            u => return Err(format!("invalid rate {s:?}: unknown unit {u:?}")),
+            u => {
+                return Err(format!(
+                    "invalid rate {s:?}: unknown unit {u:?} (use B; KB, MB, GB for powers of \
+                     1000; KiB, MiB, GiB for powers of 1024)"
+                ))
+            }
         };
-        match n.checked_mul(mult) {
-            Some(0) => Err(format!("invalid rate {s:?}: must be above zero")),
-            Some(v) => Ok(Rate(v)),
-            None => Err(format!("invalid rate {s:?}: too large")),
+        // The fraction, to the byte: at most 9 digits matter below 1 GiB units.
+        let digits = &frac[..frac.len().min(9)];
+        let frac_bytes = if digits.is_empty() {
+            0
+        } else {
+            let n: u64 = digits.parse().map_err(|_| bad())?;
+            n * mult / 10u64.pow(digits.len() as u32)
+        };
+        let too_large = || format!("invalid rate {s:?}: too large");
+        let v = whole
+            .checked_mul(mult)
+            .ok_or_else(too_large)?
+            .checked_add(frac_bytes)
+            .ok_or_else(too_large)?;
+        if v == 0 {
+            return Err(format!("invalid rate {s:?}: must be above zero"));
         }
+        Ok(Rate(v))
     }
 }
 
@@ -73,6 +106,7 @@ impl<'de> Deserialize<'de> for Rate {
 /// let p: PortSet = "9000-9002,10000".parse().unwrap();
 /// assert!(p.contains(9001) && p.contains(10000) && !p.contains(9003));
 /// assert_eq!(p.len(), 4);
+/// assert_eq!(p.to_string(), "9000-9002,10000");
 /// assert!("9002-9000".parse::<PortSet>().is_err());
 /// assert!("0-10".parse::<PortSet>().is_err());
 /// ```
@@ -101,6 +135,23 @@ impl PortSet {
             i -= r.len();
         }
         None
+    }
+}
+
+/// Written back as given: `9000-9100,10000`.
+impl fmt::Display for PortSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if r.start() == r.end() {
+                write!(f, "{}", r.start())?;
+            } else {
+                write!(f, "{}-{}", r.start(), r.end())?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -218,7 +269,8 @@ pub fn valid_subdomain(s: &str) -> bool {
 }
 
 /// Parses `PROTO:[LOCAL_HOST:]LOCAL_PORT:REMOTE_PORT` or
-/// `http:[LOCAL_HOST:]LOCAL_PORT[:SUBDOMAIN]`.
+/// `http:[LOCAL_HOST:]LOCAL_PORT[:SUBDOMAIN]`; a bare `LOCAL_PORT` or
+/// `PROTO:LOCAL_PORT` asks for any free remote port (`3000` is `tcp:3000:0`).
 ///
 /// ```
 /// use pipe::config::ForwardSpec;
@@ -233,13 +285,22 @@ pub fn valid_subdomain(s: &str) -> bool {
 /// assert_eq!((f.local_port, f.subdomain.as_deref()), (3000, Some("myapp")));
 /// let f: ForwardSpec = "http:127.0.0.1:8080".parse().unwrap();
 /// assert_eq!((f.local_host.as_str(), f.subdomain), ("127.0.0.1", None));
-/// assert!("tcp:3000".parse::<ForwardSpec>().is_err());
+/// let f: ForwardSpec = "3000".parse().unwrap();
+/// assert_eq!((f.proto, f.local_port, f.remote_port), (Proto::Tcp, 3000, 0));
+/// let f: ForwardSpec = "udp:53".parse().unwrap();
+/// assert_eq!((f.proto, f.local_port, f.remote_port), (Proto::Udp, 53, 0));
+/// assert!("tcp:1:2:3:4".parse::<ForwardSpec>().is_err());
+/// assert!("70000".parse::<ForwardSpec>().is_err());
 /// assert!("sctp:1:2".parse::<ForwardSpec>().is_err());
 /// assert!("http:3000:Bad_Name".parse::<ForwardSpec>().is_err());
 /// ```
 impl FromStr for ForwardSpec {
     type Err = String;
     fn from_str(spec: &str) -> Result<Self, String> {
+        // The one-liner: `--forward 3000`.
+        if !spec.is_empty() && spec.bytes().all(|b| b.is_ascii_digit()) {
+            return format!("tcp:{spec}:0").parse();
+        }
         let (proto, rest) = spec.split_once(':').ok_or_else(|| {
             format!("invalid forward {spec:?}: expected PROTO:[HOST:]LOCAL:REMOTE")
         })?;
@@ -287,6 +348,7 @@ impl FromStr for ForwardSpec {
             }
         } else {
             match parts.as_slice() {
+                [l] => f.local_port = parse_port(l, "local port", spec)?,
                 [l, r] => {
                     f.local_port = parse_port(l, "local port", spec)?;
                     f.remote_port = parse_port(r, "remote port", spec)?;

@@ -37,6 +37,13 @@ const SESSION_CLOSE_WAIT: Duration = Duration::from_secs(2);
 pub enum ServerError {
     #[error("{0}")]
     Config(String),
+    /// A listener the configuration asks for cannot be bound (exit 1).
+    #[error("cannot listen on the {what} address {addr}: {source}")]
+    Listen {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -46,7 +53,7 @@ impl ServerError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ServerError::Config(_) => 2,
-            ServerError::Io(_) => 1,
+            ServerError::Io(_) | ServerError::Listen { .. } => 1,
         }
     }
 }
@@ -97,8 +104,17 @@ impl Server {
         crate::caddy::startup(self.state.caddy.as_deref())
             .await
             .map_err(|e| ServerError::Config(e.to_string()))?;
+        if let Some(caddy) = self.state.caddy.clone() {
+            tokio::spawn(caddy.watch(shutdown.clone()));
+        }
         let local = listener.local_addr()?;
         self.state.reserve_own_port(local.port());
+        if self.state.usable_ports() == 0 {
+            warn!(
+                ports = %self.state.config.ports,
+                "--ports holds only the server's own listening ports: no forward can get a port"
+            );
+        }
         let ctx = Arc::new(Ctx {
             state: self.state.clone(),
             shutdown: shutdown.clone(),
@@ -207,9 +223,14 @@ impl Server {
         let addrs = crate::admin::admin_addrs(addr, has_token)
             .await
             .map_err(|e| ServerError::Config(e.to_string()))?;
-        let listener = TcpListener::bind(&addrs[..]).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on admin {addr}: {e}"))
-        })?;
+        let listener =
+            TcpListener::bind(&addrs[..])
+                .await
+                .map_err(|source| ServerError::Listen {
+                    what: "admin",
+                    addr: addr.to_string(),
+                    source,
+                })?;
         let local = listener.local_addr()?;
         self.state.reserve_own_port(local.port());
         info!(%local, "admin server listening");

@@ -114,8 +114,10 @@ struct Registry {
 /// Why a port cannot be had; the text goes to the client verbatim.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PortRefusal {
-    #[error("port {0} is not in the server's allowed ports")]
-    NotAllowed(u16),
+    #[error("port {port} is not in the server's allowed ports ({allowed})")]
+    NotAllowed { port: u16, allowed: String },
+    #[error("port {0} is one of the server's own listening ports")]
+    OwnPort(u16),
     #[error("port {0} is taken by another client")]
     Taken(u16),
     #[error("no free port left in the server's allowed ports")]
@@ -168,6 +170,16 @@ impl State {
             .insert(port);
     }
 
+    /// Allowed ports that are not the server's own.
+    pub fn usable_ports(&self) -> usize {
+        let reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
+        let own = reserved
+            .iter()
+            .filter(|p| self.config.ports.contains(**p))
+            .count();
+        self.config.ports.len().saturating_sub(own)
+    }
+
     fn allowed(&self, port: u16) -> bool {
         port != 0
             && self.config.ports.contains(port)
@@ -181,7 +193,14 @@ impl State {
     /// Reserves a specific port for a bind attempt.
     pub fn reserve_port(&self, key: PortKey) -> Result<(), PortRefusal> {
         if !self.allowed(key.port()) {
-            return Err(PortRefusal::NotAllowed(key.port()));
+            let port = key.port();
+            if port != 0 && self.config.ports.contains(port) {
+                return Err(PortRefusal::OwnPort(port));
+            }
+            return Err(PortRefusal::NotAllowed {
+                port,
+                allowed: self.config.ports.to_string(),
+            });
         }
         let mut reg = self.lock();
         if reg.ports.contains_key(&key) {

@@ -239,6 +239,16 @@ impl Caddy {
         }
     }
 
+    /// Stops Caddy and starts it from its original config file, as a Caddyfile-based
+    /// service would: every route piped added is gone.
+    pub fn restart_fresh(&mut self) {
+        self.stop();
+        self.child = spawn(self.dir.path(), &[]);
+        if let Err(e) = self.wait_ready().and_then(|()| self.wait_wildcard()) {
+            panic!("caddy did not restart:\n{e}");
+        }
+    }
+
     /// Stops Caddy as a service manager would (SIGTERM: it finishes writing its
     /// files), leaving them for [`Caddy::restart`].
     pub fn stop(&mut self) {

@@ -1,6 +1,6 @@
 //! Lifecycle: a tunnel's route leaves Caddy whenever the tunnel closes (client exit,
-//! heartbeat timeout, operator close, server stop), and leftovers of a crash or of a
-//! failed removal are cleaned up.
+//! heartbeat timeout, operator close, server stop), leftovers of a crash or of a
+//! failed removal are cleaned up, and routes a restarted Caddy lost come back.
 
 use crate::common::*;
 use crate::harness::*;
@@ -161,4 +161,33 @@ async fn a_route_caddy_missed_removing_is_removed_before_the_next_forward() {
     let ids = caddy.pipe_ids();
     assert_eq!(ids.len(), 1);
     assert!(ids[0].contains(":next:"), "{ids:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_a_restarted_caddy_lost_are_published_again() {
+    let mut caddy = Caddy::start();
+    let local = file_server(Arc::new(b"again".to_vec())).await;
+    let server = caddy.piped(&[]);
+    let _c = pipec_http(server.addr, &["--forward", &format!("http:{local}:again")]);
+    let host = format!("again.{DOMAIN}");
+    assert_eq!(caddy.fetch_ok(&host, "/").await, b"again");
+
+    caddy.restart_fresh();
+    assert!(caddy.pipe_ids().is_empty(), "the restart dropped the route");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some((200, body)) = caddy.fetch_status(&host, "/").await {
+            assert_eq!(body, b"again");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the route did not come back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(caddy.pipe_ids().len(), 1, "{:?}", caddy.pipe_ids());
+    let want = format!("Caddy had lost the route for {host}");
+    assert!(
+        server.proc.stderr().contains(&want),
+        "{}",
+        server.proc.stderr()
+    );
 }

@@ -44,6 +44,18 @@ fn gen_docs_writes_completions_and_man_pages() {
             .map(str::to_string)
             .collect();
         assert!(longs.len() >= 5, "{name}: {longs:?}");
+        for section in [
+            ".SH ENVIRONMENT",
+            ".SH \"EXIT STATUS\"",
+            ".SH EXAMPLES",
+            "PIPE_TOKEN",
+        ] {
+            assert!(man.contains(section), "{name}.1 lacks {section}");
+        }
+        assert!(
+            !man.contains("help(1)"),
+            "{name}.1 points to a help page that is not there"
+        );
         for l in &longs {
             assert!(
                 bash.contains(&format!("--{l}")),
