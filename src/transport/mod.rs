@@ -11,6 +11,7 @@ pub mod peers;
 pub mod splice;
 pub mod tcp;
 pub mod tls;
+pub mod verify;
 
 pub use bufio::BatchIo;
 pub use mux::{Mux, MuxError, MuxStream};
