@@ -274,6 +274,32 @@ async fn on_demand_tls_asks_piped_and_gets_certificates_for_live_tunnels_only() 
     assert_eq!(ask("nope.example.test"), "404");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_of_a_down_local_service_gets_a_502_page_saying_so() {
+    let caddy = Caddy::start();
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let server = caddy.piped(&[]);
+    let c = pipec_http(
+        server.addr,
+        &["--forward", &format!("http:127.0.0.1:{down}:downapp")],
+    );
+    let (code, body) = caddy
+        .fetch_status(&format!("downapp.{DOMAIN}"), "/")
+        .await
+        .expect("an HTTP answer");
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("tunnel is up"), "{body}");
+    let want = format!("127.0.0.1:{down} refused the connection: is the service running?");
+    eventually(WAIT, "the client's warning", || {
+        c.proc.stderr().contains(&want)
+    })
+    .await;
+}
+
 /// Publishes `http:LOCAL:SUB` with a TLS policy into a Caddy started with `opts`,
 /// checks that visitors reach the local service and that ours comes first in both
 /// arrays, stops the client, and checks that both arrays are as they were.
@@ -332,30 +358,4 @@ async fn two_tls_policies_keep_their_order_around_ours() {
         ..Opts::default()
     };
     publish_and_restore(opts, "twopol").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_visitor_of_a_down_local_service_gets_a_502_page_saying_so() {
-    let caddy = Caddy::start();
-    let down = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let server = caddy.piped(&[]);
-    let c = pipec_http(
-        server.addr,
-        &["--forward", &format!("http:127.0.0.1:{down}:downapp")],
-    );
-    let (code, body) = caddy
-        .fetch_status(&format!("downapp.{DOMAIN}"), "/")
-        .await
-        .expect("an HTTP answer");
-    let body = String::from_utf8_lossy(&body);
-    assert_eq!(code, 502, "{body}");
-    assert!(body.contains("tunnel is up"), "{body}");
-    let want = format!("127.0.0.1:{down} refused the connection: is the service running?");
-    eventually(WAIT, "the client's warning", || {
-        c.proc.stderr().contains(&want)
-    })
-    .await;
 }
