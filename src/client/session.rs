@@ -313,6 +313,12 @@ impl Control<'_, '_> {
                         }
                         Ok(other) => debug!(?other, "unexpected message from the server"),
                         Err(CodecError::Closed) => return Ok(End::ServerClosed),
+                        // The server's session ending under the control stream reads
+                        // as a reset of it (transport::stream): the same orderly end,
+                        // seen after the connection went rather than before.
+                        Err(CodecError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                            return Ok(End::ServerClosed)
+                        }
                         Err(e) => return logged_in(&format!("bad message from the server: {e}")),
                     }
                 }
