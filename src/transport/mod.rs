@@ -13,6 +13,7 @@ pub mod splice;
 mod stream;
 pub mod tcp;
 pub mod tls;
+pub mod verify;
 
 pub use bufio::BatchIo;
 pub use mux::{Mux, MuxError, MuxStream};

@@ -7,6 +7,7 @@
 pub mod certs;
 pub mod http;
 pub mod proxy;
+pub mod redis;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
