@@ -502,3 +502,71 @@ async fn remote_port_0_succeeds_while_the_ephemeral_range_is_full_of_time_wait()
     set.push(gap);
     assert_eq!(any_port_with(&set, echo.port).await, gap);
 }
+
+/// Memory a process may keep over its fresh RSS once a load is over (issue target).
+const RSS_KEPT_MIB: u64 = 8;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_goes_back_within_10s_of_a_load() {
+    let echo = echo_service().await;
+    let server = Piped::start(&[]);
+    let (c, ports) = Pipec::start(
+        server.addr,
+        &["--forward", &format!("tcp:{}:0", echo.port)],
+        1,
+    );
+    assert_eq!(echo_roundtrip(ports[0], b"warm").await, b"warm");
+    let fresh = (server.proc.rss_kib(), c.proc.rss_kib());
+    // Four streams at once, 48 MiB each way per stream.
+    let data = Arc::new(random_bytes(48 * 1024 * 1024, 3));
+    let streams = (0..4).map(|_| {
+        let data = data.clone();
+        let port = ports[0];
+        tokio::spawn(async move { assert_eq!(echo_both_ways(port, &data).await, data.len()) })
+    });
+    for s in futures::future::join_all(streams).await {
+        s.unwrap();
+    }
+    let loaded = (server.proc.rss_kib(), c.proc.rss_kib());
+    let within = |now: (u64, u64)| {
+        now.0 <= fresh.0 + RSS_KEPT_MIB * 1024 && now.1 <= fresh.1 + RSS_KEPT_MIB * 1024
+    };
+    assert!(
+        !within(loaded),
+        "the load used no memory worth giving back: {loaded:?}"
+    );
+    let t = Instant::now();
+    let mut now = loaded;
+    while !within(now) && t.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        now = (server.proc.rss_kib(), c.proc.rss_kib());
+    }
+    assert!(
+        within(now),
+        "RSS KiB (piped, pipec): fresh {fresh:?}, loaded {loaded:?}, 10 s later {now:?}"
+    );
+}
+
+/// Sends `data` through an echo tunnel while reading it back; returns the bytes read.
+async fn echo_both_ways(port: u16, data: &[u8]) -> usize {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut r, mut w) = s.split();
+    let send = async {
+        w.write_all(data).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let recv = async {
+        let mut sink = vec![0u8; 256 * 1024];
+        let mut n = 0;
+        loop {
+            match r.read(&mut sink).await.unwrap() {
+                0 => return n,
+                k => n += k,
+            }
+        }
+    };
+    let both = async { tokio::join!(send, recv).1 };
+    tokio::time::timeout(Duration::from_secs(120), both)
+        .await
+        .expect("echo of the load timed out")
+}

@@ -41,7 +41,10 @@ fn runtime(multi: bool) -> Option<tokio::runtime::Runtime> {
         tokio::runtime::Builder::new_current_thread()
     };
     match b.enable_all().build() {
-        Ok(rt) => Some(rt),
+        Ok(rt) => {
+            rt.spawn(pipe::transport::alloc::trim_when_idle());
+            Some(rt)
+        }
         Err(e) => {
             pipe::logging::fatal(&format_args!("cannot start the runtime: {e}"));
             None

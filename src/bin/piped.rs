@@ -32,6 +32,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    rt.spawn(pipe::transport::alloc::trim_when_idle());
     rt.block_on(serve(cfg))
 }
 

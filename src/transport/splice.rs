@@ -184,6 +184,7 @@ impl Direction {
                     }
                     let n = rb.filled().len();
                     reads += 1;
+                    super::alloc::note_moved(n);
                     if n == 0 {
                         give_buf(buf);
                         self.state = State::ShuttingDown;
