@@ -5,7 +5,7 @@ use super::udp::{self, UdpLimits};
 use crate::config::ForwardSpec;
 use crate::protocol::Proto;
 use crate::protocol::{read_header_frame, StreamHeader, MAX_HEADER_FRAME, STREAM_CONNECTED};
-use crate::transport::{splice, tcp, MuxStream, SpliceOptions};
+use crate::transport::{proxy_protocol, splice, tcp, MuxStream, SpliceOptions};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -42,7 +42,7 @@ pub(crate) async fn handle(mut stream: MuxStream, routes: Routes, udp: UdpLimits
     }
     let span =
         tracing::debug_span!("stream", forward = header.forward_id, visitor = ?header.visitor);
-    connect(stream, route).instrument(span).await
+    connect(stream, route, &header).instrument(span).await
 }
 
 async fn serve_udp(stream: MuxStream, route: &ForwardSpec, limits: UdpLimits) {
@@ -58,7 +58,7 @@ async fn serve_udp(stream: MuxStream, route: &ForwardSpec, limits: UdpLimits) {
     }
 }
 
-async fn connect(mut stream: MuxStream, route: &ForwardSpec) {
+async fn connect(mut stream: MuxStream, route: &ForwardSpec, header: &StreamHeader) {
     let mut local = match timeout(
         LOCAL_DIAL_TIMEOUT,
         tcp::dial(&route.local_host, route.local_port),
@@ -71,6 +71,14 @@ async fn connect(mut stream: MuxStream, route: &ForwardSpec) {
         }
         Err(_) => return debug!(local = %route.local(), "local service did not accept in time"),
     };
+    // The PROXY header goes first, so the service reads the visitor before any byte
+    // of the visitor's.
+    if let (Some(version), Some(visitor)) = (route.options.proxy_protocol, header.visitor) {
+        let h = proxy_protocol::header(version, visitor, header.public, false);
+        if let Err(e) = local.write_all(&h).await {
+            return debug!(error = %e, "cannot write the PROXY header to the local service");
+        }
+    }
     if stream.write_all(&[STREAM_CONNECTED]).await.is_err() {
         return;
     }

@@ -8,6 +8,7 @@ pub mod bufio;
 pub mod datagram;
 pub mod mux;
 pub mod peers;
+pub mod proxy_protocol;
 pub mod splice;
 pub mod tcp;
 pub mod tls;
