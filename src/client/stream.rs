@@ -82,7 +82,15 @@ async fn connect(mut stream: MuxStream, route: &ForwardSpec, header: &StreamHead
     if stream.write_all(&[STREAM_CONNECTED]).await.is_err() {
         return;
     }
-    if let Err(e) = splice(&mut local, &mut stream, SpliceOptions::default()).await {
+    let result = match super::inspect::store().filter(|_| route.inspected()) {
+        Some(store) => {
+            let recorder = super::inspect::Recorder::new(store, header.forward_id, None);
+            let mut tapped = super::inspect::Tap::new(local, recorder);
+            splice(&mut tapped, &mut stream, SpliceOptions::default()).await
+        }
+        None => splice(&mut local, &mut stream, SpliceOptions::default()).await,
+    };
+    if let Err(e) = result {
         debug!(error = %e, "stream ended");
     }
 }

@@ -195,4 +195,7 @@ pub struct PipecRunArgs {
     /// Local UDP sockets per UDP forward [default: 1024]
     #[arg(long)]
     pub udp_max_peers: Option<usize>,
+    /// Serve the request inspector on ADDR (loopback only) [default: 127.0.0.1:4040]
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = crate::client::inspect::DEFAULT_ADDR)]
+    pub inspect: Option<String>,
 }

@@ -65,6 +65,8 @@ pub struct ClientFile {
     pub udp_idle_timeout: Option<Duration>,
     pub udp_max_peers: Option<usize>,
     pub log_format: Option<String>,
+    /// The inspector's address (`pipec --inspect`).
+    pub inspect: Option<String>,
 }
 
 /// One `[[forward]]` table.
@@ -89,6 +91,8 @@ pub struct ForwardTable {
     pub basic_auth: Option<String>,
     /// `v1` or `v2`: a PROXY header toward the local service.
     pub proxy_protocol: Option<String>,
+    /// Record this forward's HTTP exchanges in the inspector.
+    pub inspect: Option<bool>,
 }
 
 /// Reads and parses a TOML file, naming the file in any error.

@@ -359,6 +359,8 @@ pub struct ClientConfig {
     pub reconnect_max: Duration,
     pub udp_idle_timeout: Duration,
     pub udp_max_peers: usize,
+    /// The inspector's address, when it runs.
+    pub inspect: Option<String>,
     pub log: LogConfig,
 }
 
@@ -408,6 +410,13 @@ impl ClientConfig {
             a.heartbeat_timeout.or(f.heartbeat_timeout),
         )?;
         let tls_ca = a.tls_ca.or(f.tls_ca);
+        // A forward asking to be inspected starts the inspector on its default address.
+        let inspect = a.inspect.or(f.inspect).or_else(|| {
+            forwards
+                .iter()
+                .any(|f| f.inspect == Some(true))
+                .then(|| crate::client::inspect::DEFAULT_ADDR.to_string())
+        });
         Ok(ClientConfig {
             server,
             server_host,
@@ -436,6 +445,7 @@ impl ClientConfig {
                     .or(f.udp_max_peers)
                     .unwrap_or(DEFAULT_UDP_MAX_PEERS),
             )?,
+            inspect,
             log: LogConfig::new(log, f.log_format.as_deref())?,
         })
     }
@@ -472,6 +482,7 @@ fn forward_from_table(t: file::ForwardTable) -> Result<ForwardSpec, ConfigError>
             t.proxy_protocol.as_deref(),
         )
         .map_err(|e| format!("[[forward]]: {e}"))?,
+        inspect: t.inspect,
     };
     f.validate()?;
     Ok(f)

@@ -11,6 +11,7 @@ use crate::protocol::{BasicAuth, Cidr, ForwardOptions, Proto, ProxyVersion, MAX_
 pub(super) struct Parsed {
     pub options: ForwardOptions,
     pub speed_limit: Option<u64>,
+    pub inspect: Option<bool>,
 }
 
 /// Parses `allow=10.0.0.0/8,deny=10.1.0.0/16,basic-auth=u:p` (keys may repeat where a
@@ -59,14 +60,22 @@ fn set(p: &mut Parsed, key: &str, value: &str) -> Result<(), String> {
             once(p.options.proxy_protocol.is_some())?;
             p.options.proxy_protocol = Some(value.parse()?);
         }
+        "inspect" => {
+            once(p.inspect.is_some())?;
+            p.inspect = Some(match value {
+                "true" => true,
+                "false" => false,
+                v => return Err(format!("invalid inspect {v:?}: true or false")),
+            });
+        }
         "speed-limit" => {
             once(p.speed_limit.is_some())?;
             p.speed_limit = Some(value.parse::<Rate>()?.0);
         }
         k => {
             return Err(format!(
-                "unknown option {k:?} (allow, deny, basic-auth, proxy-protocol, speed-limit)"
-            ))
+            "unknown option {k:?} (allow, deny, basic-auth, proxy-protocol, inspect, speed-limit)"
+        ))
         }
     }
     Ok(())

@@ -158,6 +158,9 @@ pub struct ForwardSpec {
     pub speed_limit: Option<u64>,
     /// `,KEY=VALUE` options (see `config::options`).
     pub options: ForwardOptions,
+    /// `inspect=true|false`: record its HTTP exchanges in the inspector (default: yes
+    /// for http forwards, no for tcp ones).
+    pub inspect: Option<bool>,
 }
 
 pub const DEFAULT_LOCAL_HOST: &str = "localhost";
@@ -251,6 +254,7 @@ impl FromStr for ForwardSpec {
             let p = super::options::parse_tail(full, tail)?;
             f.options = p.options;
             f.speed_limit = p.speed_limit;
+            f.inspect = p.inspect;
         }
         f.validate()?;
         Ok(f)
@@ -280,6 +284,7 @@ fn parse_spec(spec: &str) -> Result<ForwardSpec, String> {
         subdomain: None,
         speed_limit: None,
         options: ForwardOptions::default(),
+        inspect: None,
     };
     if proto == Proto::Http {
         let is_port = |s: &str| s.parse::<u16>().is_ok();
@@ -326,6 +331,11 @@ fn parse_spec(spec: &str) -> Result<ForwardSpec, String> {
 }
 
 impl ForwardSpec {
+    /// Whether the inspector (when running) records this forward's exchanges.
+    pub fn inspected(&self) -> bool {
+        self.inspect.unwrap_or(self.proto == Proto::Http)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.local_port == 0 {
             return Err(format!(
@@ -335,6 +345,12 @@ impl ForwardSpec {
         }
         if self.local_host.is_empty() {
             return Err("forward: local host is empty".into());
+        }
+        if self.inspect == Some(true) && self.proto == Proto::Udp {
+            return Err(format!(
+                "forward to {}: inspect is for http and tcp forwards",
+                self.local()
+            ));
         }
         super::options::check(self.proto, &self.options)
             .map_err(|e| format!("forward to {}: {e}", self.local()))?;
