@@ -156,7 +156,7 @@ async fn bad_client_inputs_exit_2_and_disturb_nothing() {
         ),
     ];
     let long_password = format!("http:3000:x,basic-auth=ann:{}", "p".repeat(73));
-    let option_cases: [(&str, &str); 9] = [
+    let option_cases: [(&str, &str); 11] = [
         ("tcp:3000:0,colour=red", "unknown option \"colour\""),
         ("tcp:3000:0,allow", "option \"allow\" is not KEY=VALUE"),
         (
@@ -180,6 +180,11 @@ async fn bad_client_inputs_exit_2_and_disturb_nothing() {
         (
             "tcp:3000:0,proxy-protocol=v1,proxy-protocol=v2",
             "option proxy-protocol given twice",
+        ),
+        ("tcp:3000:0,inspect=maybe", "invalid inspect \"maybe\""),
+        (
+            "udp:53:0,inspect=true",
+            "inspect is for http and tcp forwards",
         ),
     ];
     let cases: Vec<(Vec<String>, &str)> = cases
