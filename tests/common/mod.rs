@@ -9,6 +9,7 @@ pub mod http;
 pub mod httpsvc;
 pub mod nginx;
 pub mod proxy;
+pub mod redis;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
