@@ -4,7 +4,8 @@
 #
 # 1. installs the Debian packages the tests drive, when missing (apt-get; as root, or
 #    through sudo): caddy (a real Caddy for http forwards), chromium (headless, for the
-#    dashboard and inspector pages), curl and openssl (HTTP and TLS clients, and the
+#    dashboard and inspector pages) and chromium-driver (WebDriver, to click through
+#    the inspector page), curl and openssl (HTTP and TLS clients, and the
 #    certificates people make), nginx (a real PROXY-protocol reader) and redis-server
 #    (the cluster directory);
 # 2. formatting, clippy with warnings denied, rustdoc with warnings denied;
@@ -16,7 +17,7 @@ cd "$(dirname "$0")/.."
 
 say() { echo "== $*" >&2; }
 
-packages=(caddy chromium curl openssl nginx redis-server)
+packages=(caddy chromium chromium-driver curl openssl nginx redis-server)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

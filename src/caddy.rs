@@ -17,9 +17,11 @@
 
 mod api;
 mod json;
+mod rules;
 mod watch;
 
 pub use json::{admin_base, path_segment, random_label};
+pub use rules::{hash_credentials, RouteRules, VISITOR_HEADER};
 pub use watch::CHECK_INTERVAL;
 
 use api::{Api, REQUEST_TIMEOUT};
@@ -137,6 +139,7 @@ impl Caddy {
         sub: &str,
         tunnel: u64,
         port: u16,
+        rules: &RouteRules,
     ) -> Result<Published, CaddyError> {
         if !crate::config::valid_subdomain(sub) {
             return Err(CaddyError::InvalidSubdomain(truncate(sub)));
@@ -153,7 +156,7 @@ impl Caddy {
             policy_id: self.tls_policy.then(|| format!("{route_id}:tls")),
             route_id,
         };
-        if let Err(e) = self.add(&published, &host, port).await {
+        if let Err(e) = self.add(&published, &host, port, rules).await {
             // A call that timed out may still have been applied: take back both ids
             // (absent ones count as removed).
             if let Err(e2) = self.unpublish(&published).await {
@@ -165,11 +168,18 @@ impl Caddy {
             published: published.clone(),
             host,
             port,
+            rules: rules.clone(),
         });
         Ok(published)
     }
 
-    async fn add(&self, p: &Published, host: &str, port: u16) -> Result<(), CaddyError> {
+    async fn add(
+        &self,
+        p: &Published,
+        host: &str,
+        port: u16,
+        rules: &RouteRules,
+    ) -> Result<(), CaddyError> {
         // The policy goes first: the reload that adds the route already manages the
         // host's certificate, and must find the policy then.
         if let Some(id) = &p.policy_id {
@@ -178,7 +188,7 @@ impl Caddy {
             self.insert_first(policies, id, &policy, None).await?;
         }
         let server = format!("/config/apps/http/servers/{}", path_segment(&self.server));
-        let route = json::route(&p.route_id, host, port)?;
+        let route = json::route(&p.route_id, host, port, rules)?;
         let routes = format!("{server}/routes");
         self.insert_first(&routes, &p.route_id, &route, Some(&server))
             .await

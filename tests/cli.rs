@@ -55,6 +55,11 @@ async fn bad_client_inputs_exit_2_and_disturb_nothing() {
         "table.toml",
         "[[forward]]\nproto = \"sctp\"\nlocal-port = 3000\n",
     );
+    let bad_range = config_file(
+        &dir,
+        "range.toml",
+        "[[forward]]\nproto = \"tcp\"\nlocal-port = 3000\ndeny = [\"nope\"]\n",
+    );
     let srv = server.addr.to_string();
     let with_server = |rest: &[&str]| -> Vec<String> {
         let mut v = vec![s("--server"), srv.clone(), s("--token"), s("t0ken")];
@@ -145,7 +150,51 @@ async fn bad_client_inputs_exit_2_and_disturb_nothing() {
             with_server(&["--config", &bad_table]),
             "unknown proto \"sctp\"",
         ),
+        (
+            with_server(&["--config", &bad_range]),
+            "invalid address range \"nope\"",
+        ),
     ];
+    let long_password = format!("http:3000:x,basic-auth=ann:{}", "p".repeat(73));
+    let option_cases: [(&str, &str); 11] = [
+        ("tcp:3000:0,colour=red", "unknown option \"colour\""),
+        ("tcp:3000:0,allow", "option \"allow\" is not KEY=VALUE"),
+        (
+            "tcp:3000:0,allow=10.0.0.0/33",
+            "invalid address range \"10.0.0.0/33\"",
+        ),
+        (
+            "tcp:3000:0,basic-auth=a:b",
+            "basic-auth is for http forwards only",
+        ),
+        ("http:3000:x,basic-auth=nopass", "expected user:password"),
+        (&long_password, "1 to 72 bytes"),
+        (
+            "tcp:3000:0,proxy-protocol=v3",
+            "invalid proxy-protocol \"v3\"",
+        ),
+        (
+            "udp:53:0,proxy-protocol=v2",
+            "proxy-protocol is for tcp and http forwards",
+        ),
+        (
+            "tcp:3000:0,proxy-protocol=v1,proxy-protocol=v2",
+            "option proxy-protocol given twice",
+        ),
+        ("tcp:3000:0,inspect=maybe", "invalid inspect \"maybe\""),
+        (
+            "udp:53:0,inspect=true",
+            "inspect is for http and tcp forwards",
+        ),
+    ];
+    let cases: Vec<(Vec<String>, &str)> = cases
+        .into_iter()
+        .chain(
+            option_cases
+                .iter()
+                .map(|(spec, why)| (with_server(&["--forward", spec]), *why)),
+        )
+        .collect();
     for (args, why) in &cases {
         expect_usage_error(pipec_bin(), args, why);
     }
@@ -172,6 +221,7 @@ fn bad_server_inputs_exit_2() {
         "listen = \"127.0.0.1:0\"\nmax-tunnel = 3\n",
     );
     let bad_format = config_file(&dir, "format.toml", "log-format = \"xml\"\n");
+    let bad_proxy = config_file(&dir, "proxy.toml", "accept-proxy-protocol = [\"x\"]\n");
     let base = |rest: &[&str]| -> Vec<String> {
         let mut v = vec![s("--listen"), s("127.0.0.1:0")];
         v.extend(rest.iter().map(|a| a.to_string()));
@@ -214,6 +264,15 @@ fn bad_server_inputs_exit_2() {
         (
             base(&["--config", &bad_format]),
             "invalid log-format \"xml\"",
+        ),
+        (base(&["--allow", "nope"]), "invalid address range \"nope\""),
+        (
+            base(&["--accept-proxy-protocol", "10.0.0.0/40"]),
+            "invalid address range \"10.0.0.0/40\"",
+        ),
+        (
+            base(&["--config", &bad_proxy]),
+            "accept-proxy-protocol: invalid address range \"x\"",
         ),
     ];
     for (args, why) in &cases {

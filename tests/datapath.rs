@@ -220,6 +220,7 @@ async fn mock_peer(server: SocketAddr, id: u8) -> (Arc<TcpStream>, u16) {
         subdomain: None,
         speed_limit: None,
         local: "127.0.0.1:9".into(),
+        options: Default::default(),
     };
     ctl.send(&ClientMsg::Forward(req)).await.unwrap();
     let reply = tokio::time::timeout(WAIT, ctl.recv::<ServerMsg>())

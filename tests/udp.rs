@@ -121,6 +121,7 @@ async fn garbage_on_a_udp_stream_closes_only_that_forward() {
             subdomain: None,
             speed_limit: None,
             local: "x".into(),
+            options: Default::default(),
         };
         ctl.send(&ClientMsg::Forward(req)).await.unwrap();
     }

@@ -241,6 +241,8 @@ mod tests {
             local: "localhost:3000".into(),
             since: SystemTime::now(),
             speed_limit: None,
+            access: Default::default(),
+            visitor_from_caddy: false,
             stats: TunnelStats::default(),
             stop: CancellationToken::new(),
         };

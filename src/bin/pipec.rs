@@ -55,6 +55,15 @@ fn runtime(multi: bool) -> Option<tokio::runtime::Runtime> {
 async fn client(cfg: ClientConfig) -> ExitCode {
     let shutdown = CancellationToken::new();
     tokio::spawn(pipe::signals::cancel_on_signal(shutdown.clone()));
+    if let Some(addr) = cfg.inspect.clone() {
+        match pipe::client::inspect::start(&addr, cfg.forwards.clone(), shutdown.clone()).await {
+            Ok(local) => pipe::logging::stdout_line(&format_args!("inspect on http://{local}")),
+            Err(e) => {
+                pipe::logging::fatal(&e);
+                return ExitCode::from(e.exit_code());
+            }
+        }
+    }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<pipe::client::ClientEvent>();
     let printer = tokio::spawn(async move {
         while let Some(ev) = rx.recv().await {

@@ -3,7 +3,7 @@
 //! but one JSON string), `@id` discovery in a config, error bodies, the admin URL,
 //! path segments and random labels. No I/O here.
 
-use super::CaddyError;
+use super::{CaddyError, RouteRules};
 use http::{StatusCode, Uri};
 use serde::Serialize;
 use serde_json::Value;
@@ -17,7 +17,7 @@ struct Route<'a> {
     id: &'a str,
     #[serde(rename = "match")]
     matchers: [HostMatch<'a>; 1],
-    handle: [ReverseProxy; 1],
+    handle: Value,
     /// Nothing after this route runs for its host (a Caddyfile's catch-all, say).
     terminal: bool,
 }
@@ -28,34 +28,23 @@ struct HostMatch<'a> {
 }
 
 #[derive(Serialize)]
-struct ReverseProxy {
-    handler: &'static str,
-    upstreams: [Upstream; 1],
-}
-
-#[derive(Serialize)]
-struct Upstream {
-    dial: String,
-}
-
-#[derive(Serialize)]
 struct Policy<'a> {
     #[serde(rename = "@id")]
     id: &'a str,
     subjects: [&'a str; 1],
 }
 
-/// The route that sends `host` to `127.0.0.1:port`.
-pub(super) fn route(id: &str, host: &str, port: u16) -> Result<Value, CaddyError> {
+/// The route that sends `host` to `127.0.0.1:port`, behind the forward's rules.
+pub(super) fn route(
+    id: &str,
+    host: &str,
+    port: u16,
+    rules: &RouteRules,
+) -> Result<Value, CaddyError> {
     to_value(&Route {
         id,
         matchers: [HostMatch { host: [host] }],
-        handle: [ReverseProxy {
-            handler: "reverse_proxy",
-            upstreams: [Upstream {
-                dial: format!("127.0.0.1:{port}"),
-            }],
-        }],
+        handle: super::rules::handlers(port, rules),
         terminal: true,
     })
 }
@@ -180,7 +169,7 @@ mod tests {
         // serde escapes it into one (useless) host name instead.
         let evil =
             r#"x"]}],"handle":[{"handler":"reverse_proxy","upstreams":[{"dial":"10.0.0.1:22"#;
-        let v = route("pipe:d:b:x:1", evil, 4000).unwrap();
+        let v = route("pipe:d:b:x:1", evil, 4000, &RouteRules::default()).unwrap();
         let text = serde_json::to_string(&v).unwrap();
         let back: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(back["match"], json!([{ "host": [evil] }]));
@@ -198,7 +187,13 @@ mod tests {
     #[test]
     fn the_route_has_the_documented_shape() {
         assert_eq!(
-            route("pipe:example.test:b:myapp:3", "myapp.example.test", 41000).unwrap(),
+            route(
+                "pipe:example.test:b:myapp:3",
+                "myapp.example.test",
+                41000,
+                &RouteRules::default()
+            )
+            .unwrap(),
             json!({
                 "@id": "pipe:example.test:b:myapp:3",
                 "match": [{ "host": ["myapp.example.test"] }],

@@ -8,7 +8,7 @@ async fn publish_refuses_a_subdomain_that_is_not_a_dns_label() {
     // Nothing listens on port 9: the check comes before any call.
     let c = Caddy::new("http://127.0.0.1:9", "srv0", "example.test", false);
     for bad in [r#"a","dial":"x"#, "Bad_Name", "a.b", "", "-x"] {
-        match c.publish(bad, 1, 4000).await {
+        match c.publish(bad, 1, 4000, &Default::default()).await {
             Err(CaddyError::InvalidSubdomain(_)) => {}
             other => panic!("{bad:?}: {other:?}"),
         }
@@ -48,7 +48,10 @@ async fn nothing_listening_is_unreachable() {
         "example.test",
         false,
     );
-    let err = c.publish("myapp", 1, 4000).await.unwrap_err();
+    let err = c
+        .publish("myapp", 1, 4000, &Default::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, CaddyError::Unreachable { .. }), "{err:?}");
     assert_eq!(err.to_string(), "Caddy's admin API is unreachable");
 }

@@ -24,6 +24,8 @@ pub(super) struct LiveRoute {
     pub published: Published,
     pub host: String,
     pub port: u16,
+    /// The access rules it was published with, to publish it again the same way.
+    pub rules: super::RouteRules,
 }
 
 impl Caddy {
@@ -63,7 +65,7 @@ impl Caddy {
             if let Some(id) = &r.published.policy_id {
                 self.api.delete_id(id).await?;
             }
-            self.add(&r.published, &r.host, r.port).await?;
+            self.add(&r.published, &r.host, r.port, &r.rules).await?;
             if !self.is_live(&r.published.route_id) {
                 // The tunnel closed while we were adding: take it back out.
                 let _ = self.unpublish(&r.published).await;

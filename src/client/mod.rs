@@ -5,6 +5,7 @@
 //! What the user sees on stdout is not printed here: `run` reports `ClientEvent`s and
 //! the binary prints them.
 
+pub mod inspect;
 mod local;
 mod session;
 mod stream;

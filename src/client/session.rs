@@ -245,6 +245,7 @@ impl Control<'_, '_> {
                 subdomain: f.spec.subdomain.clone(),
                 speed_limit: f.spec.speed_limit,
                 local: f.spec.local(),
+                options: f.spec.options.clone(),
             })
             .collect();
         for req in reqs {

@@ -6,7 +6,7 @@ use super::udp::{self, UdpLimits};
 use crate::config::ForwardSpec;
 use crate::protocol::Proto;
 use crate::protocol::{read_header_frame, StreamHeader, MAX_HEADER_FRAME, STREAM_CONNECTED};
-use crate::transport::{splice, tcp, MuxStream, SpliceOptions};
+use crate::transport::{proxy_protocol, splice, tcp, MuxStream, SpliceOptions};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -59,7 +59,7 @@ pub(crate) async fn handle(mut stream: MuxStream, routes: Routes, udp: UdpLimits
     }
     let span =
         tracing::debug_span!("stream", forward = header.forward_id, visitor = ?header.visitor);
-    connect(stream, route).instrument(span).await
+    connect(stream, route, &header).instrument(span).await
 }
 
 async fn serve_udp(stream: MuxStream, route: &ForwardSpec, limits: UdpLimits) {
@@ -75,7 +75,7 @@ async fn serve_udp(stream: MuxStream, route: &ForwardSpec, limits: UdpLimits) {
     }
 }
 
-async fn connect(mut stream: MuxStream, route: &Route) {
+async fn connect(mut stream: MuxStream, route: &Route, header: &StreamHeader) {
     let spec = &route.spec;
     let dialled = match timeout(
         LOCAL_DIAL_TIMEOUT,
@@ -98,11 +98,31 @@ async fn connect(mut stream: MuxStream, route: &Route) {
             return;
         }
     };
+    // The PROXY header goes first, so the service reads the visitor before any byte
+    // of the visitor's.
+    if let (Some(version), Some(visitor)) = (spec.options.proxy_protocol, header.visitor) {
+        let h = proxy_protocol::header(version, visitor, header.public, false);
+        if let Err(e) = local.write_all(&h).await {
+            return debug!(error = %e, "cannot write the PROXY header to the local service");
+        }
+    }
     if stream.write_all(&[STREAM_CONNECTED]).await.is_err() {
         return;
     }
-    let result = splice(&mut local, &mut stream, SpliceOptions::default()).await;
-    tcp::pass_reset(&result, &local);
+    let result = match super::inspect::store().filter(|_| spec.inspected()) {
+        Some(store) => {
+            let recorder = super::inspect::Recorder::new(store, header.forward_id, None);
+            let mut tapped = super::inspect::Tap::new(local, recorder);
+            let result = splice(&mut tapped, &mut stream, SpliceOptions::default()).await;
+            tcp::pass_reset(&result, tapped.inner());
+            result
+        }
+        None => {
+            let result = splice(&mut local, &mut stream, SpliceOptions::default()).await;
+            tcp::pass_reset(&result, &local);
+            result
+        }
+    };
     if let Err(e) = result {
         debug!(error = %e, "stream ended");
     }

@@ -2,6 +2,7 @@
 //! values can fill what the command line leaves out; defaults are applied in `config`.
 
 use super::values::{Endpoint, ForwardSpec, PortSet, Rate};
+use crate::protocol::Cidr;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -101,6 +102,14 @@ pub struct PipedArgs {
     /// Cap per tunnel and direction, e.g. 10MB; clients cannot raise it.
     #[arg(long)]
     pub speed_limit: Option<Rate>,
+    /// Visitor ranges every tunnel admits, e.g. 10.0.0.0/8; a client's allow rule
+    /// must lie within them [default: every address]
+    #[arg(long, value_name = "CIDR", value_delimiter = ',', num_args = 1..)]
+    pub allow: Vec<Cidr>,
+    /// Read a PROXY protocol header (v1 or v2) on public TCP ports from these sources
+    /// only, e.g. a load balancer's 10.0.0.0/8
+    #[arg(long, value_name = "CIDR", value_delimiter = ',', num_args = 1..)]
+    pub accept_proxy_protocol: Vec<Cidr>,
     /// How often to send a heartbeat [default: 10s]
     #[arg(long, value_parser = duration)]
     pub heartbeat_interval: Option<Duration>,
@@ -191,4 +200,7 @@ pub struct PipecRunArgs {
     /// Local UDP sockets per UDP forward [default: 1024]
     #[arg(long)]
     pub udp_max_peers: Option<usize>,
+    /// Serve the request inspector on ADDR (loopback only) [default: 127.0.0.1:4040]
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = crate::client::inspect::DEFAULT_ADDR)]
+    pub inspect: Option<String>,
 }

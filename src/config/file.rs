@@ -31,6 +31,8 @@ pub struct ServerFile {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub speed_limit: Option<Rate>,
+    pub allow: Option<Vec<String>>,
+    pub accept_proxy_protocol: Option<Vec<String>>,
     #[serde(default, with = "humantime_serde")]
     pub heartbeat_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -64,6 +66,8 @@ pub struct ClientFile {
     pub udp_idle_timeout: Option<Duration>,
     pub udp_max_peers: Option<usize>,
     pub log_format: Option<String>,
+    /// The inspector's address (`pipec --inspect`).
+    pub inspect: Option<String>,
 }
 
 /// One `[[forward]]` table.
@@ -78,6 +82,18 @@ pub struct ForwardTable {
     pub remote_port: u16,
     pub subdomain: Option<String>,
     pub speed_limit: Option<Rate>,
+    /// Visitor address ranges admitted (CIDR strings).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Visitor address ranges refused.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// `user:password` Caddy asks http visitors for.
+    pub basic_auth: Option<String>,
+    /// `v1` or `v2`: a PROXY header toward the local service.
+    pub proxy_protocol: Option<String>,
+    /// Record this forward's HTTP exchanges in the inspector.
+    pub inspect: Option<bool>,
 }
 
 /// Reads and parses a TOML file, naming the file in any error.

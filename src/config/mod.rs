@@ -6,12 +6,13 @@
 
 pub mod cli;
 pub mod file;
+mod options;
 mod values;
 
 pub use values::{valid_subdomain, Endpoint, ForwardSpec, PortSet, Rate, DEFAULT_LOCAL_HOST};
 
 use crate::auth::Token;
-use crate::protocol::Proto;
+use crate::protocol::{Cidr, Proto};
 use cli::{LogArgs, LogFormat, PipecRunArgs, PipedArgs};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -121,6 +122,21 @@ fn resolve_host(host: &str, key: &str) -> Result<IpAddr, ConfigError> {
         .ok_or_else(|| format!("invalid {key} {host:?}: the name has no address").into())
 }
 
+/// A list of address ranges from the flag (when given) or the file.
+fn cidr_list(
+    key: &str,
+    flag: Vec<Cidr>,
+    file: Option<Vec<String>>,
+) -> Result<Vec<Cidr>, ConfigError> {
+    if !flag.is_empty() {
+        return Ok(flag);
+    }
+    file.unwrap_or_default()
+        .iter()
+        .map(|s| s.parse().map_err(|e| ConfigError(format!("{key}: {e}"))))
+        .collect()
+}
+
 /// The heartbeat pair from flag-or-file values, with defaults, checked together.
 fn heartbeats(
     interval: Option<Duration>,
@@ -163,6 +179,10 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub speed_limit: Option<u64>,
+    /// Visitor ranges every tunnel admits; empty = every address.
+    pub allow: Vec<Cidr>,
+    /// Sources whose PROXY header on a public TCP port is read.
+    pub accept_proxy_protocol: Vec<Cidr>,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub login_timeout: Duration,
@@ -280,6 +300,12 @@ impl ServerConfig {
             tls_cert,
             tls_key,
             speed_limit: a.speed_limit.or(f.speed_limit).map(|r| r.0),
+            allow: cidr_list("allow", a.allow, f.allow)?,
+            accept_proxy_protocol: cidr_list(
+                "accept-proxy-protocol",
+                a.accept_proxy_protocol,
+                f.accept_proxy_protocol,
+            )?,
             heartbeat_interval,
             heartbeat_timeout,
             login_timeout: a
@@ -337,6 +363,8 @@ pub struct ClientConfig {
     pub retry_forever: bool,
     pub udp_idle_timeout: Duration,
     pub udp_max_peers: usize,
+    /// The inspector's address, when it runs.
+    pub inspect: Option<String>,
     pub log: LogConfig,
 }
 
@@ -406,6 +434,13 @@ impl ClientConfig {
             a.heartbeat_timeout.or(f.heartbeat_timeout),
         )?;
         let tls_ca = a.tls_ca.or(f.tls_ca);
+        // A forward asking to be inspected starts the inspector on its default address.
+        let inspect = a.inspect.or(f.inspect).or_else(|| {
+            forwards
+                .iter()
+                .any(|f| f.inspect == Some(true))
+                .then(|| crate::client::inspect::DEFAULT_ADDR.to_string())
+        });
         Ok(ClientConfig {
             server,
             server_host,
@@ -435,6 +470,7 @@ impl ClientConfig {
                     .or(f.udp_max_peers)
                     .unwrap_or(DEFAULT_UDP_MAX_PEERS),
             )?,
+            inspect,
             log: LogConfig::new(log, f.log_format.as_deref())?,
         })
     }
@@ -464,6 +500,14 @@ fn forward_from_table(t: file::ForwardTable) -> Result<ForwardSpec, ConfigError>
         remote_port: t.remote_port,
         subdomain: t.subdomain,
         speed_limit: t.speed_limit.map(|r| r.0),
+        options: options::from_table(
+            &t.allow,
+            &t.deny,
+            t.basic_auth.as_deref(),
+            t.proxy_protocol.as_deref(),
+        )
+        .map_err(|e| format!("[[forward]]: {e}"))?,
+        inspect: t.inspect,
     };
     f.validate()?;
     Ok(f)

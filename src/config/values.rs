@@ -1,7 +1,7 @@
 //! Parsers for the value types of flags and config keys: rates, port sets, forward
 //! specs and relay endpoints. Pure functions, each with its own doc-test.
 
-use crate::protocol::Proto;
+use crate::protocol::{ForwardOptions, Proto};
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::ops::RangeInclusive;
@@ -207,6 +207,11 @@ pub struct ForwardSpec {
     pub subdomain: Option<String>,
     /// Per-forward rate limit (overrides the client-wide one).
     pub speed_limit: Option<u64>,
+    /// `,KEY=VALUE` options (see `config::options`).
+    pub options: ForwardOptions,
+    /// `inspect=true|false`: record its HTTP exchanges in the inspector (default: yes
+    /// for http forwards, no for tcp ones).
+    pub inspect: Option<bool>,
 }
 
 pub const DEFAULT_LOCAL_HOST: &str = "localhost";
@@ -296,81 +301,103 @@ pub fn valid_subdomain(s: &str) -> bool {
 /// ```
 impl FromStr for ForwardSpec {
     type Err = String;
-    fn from_str(spec: &str) -> Result<Self, String> {
-        // The one-liner: `--forward 3000`.
-        if !spec.is_empty() && spec.bytes().all(|b| b.is_ascii_digit()) {
-            return format!("tcp:{spec}:0").parse();
-        }
-        let (proto, rest) = spec.split_once(':').ok_or_else(|| {
-            format!("invalid forward {spec:?}: expected PROTO:[HOST:]LOCAL:REMOTE")
-        })?;
-        let proto = match proto {
-            "tcp" => Proto::Tcp,
-            "udp" => Proto::Udp,
-            "http" => Proto::Http,
-            p => {
-                return Err(format!(
-                    "invalid forward {spec:?}: unknown protocol {p:?} (tcp, udp or http)"
-                ))
-            }
+    fn from_str(full: &str) -> Result<Self, String> {
+        let (spec, tail) = match full.split_once(',') {
+            Some((spec, tail)) => (spec, Some(tail)),
+            None => (full, None),
         };
-        let parts = split_parts(rest);
-        let mut f = ForwardSpec {
-            proto,
-            local_host: DEFAULT_LOCAL_HOST.into(),
-            local_port: 0,
-            remote_port: 0,
-            subdomain: None,
-            speed_limit: None,
-        };
-        if proto == Proto::Http {
-            let is_port = |s: &str| s.parse::<u16>().is_ok();
-            match parts.as_slice() {
-                [p] => f.local_port = parse_port(p, "local port", spec)?,
-                [a, b] if is_port(a) => {
-                    f.local_port = parse_port(a, "local port", spec)?;
-                    f.subdomain = Some(b.clone());
-                }
-                [h, p] => {
-                    f.local_host = unbracket(h);
-                    f.local_port = parse_port(p, "local port", spec)?;
-                }
-                [h, p, s] => {
-                    f.local_host = unbracket(h);
-                    f.local_port = parse_port(p, "local port", spec)?;
-                    f.subdomain = Some(s.clone());
-                }
-                _ => {
-                    return Err(format!(
-                        "invalid forward {spec:?}: expected http:[HOST:]LOCAL_PORT[:SUBDOMAIN]"
-                    ))
-                }
-            }
-        } else {
-            match parts.as_slice() {
-                [l] => f.local_port = parse_port(l, "local port", spec)?,
-                [l, r] => {
-                    f.local_port = parse_port(l, "local port", spec)?;
-                    f.remote_port = parse_port(r, "remote port", spec)?;
-                }
-                [h, l, r] => {
-                    f.local_host = unbracket(h);
-                    f.local_port = parse_port(l, "local port", spec)?;
-                    f.remote_port = parse_port(r, "remote port", spec)?;
-                }
-                _ => {
-                    return Err(format!(
-                        "invalid forward {spec:?}: expected {proto}:[HOST:]LOCAL_PORT:REMOTE_PORT"
-                    ))
-                }
-            }
+        let mut f = parse_spec(spec)?;
+        if let Some(tail) = tail {
+            let p = super::options::parse_tail(full, tail)?;
+            f.options = p.options;
+            f.speed_limit = p.speed_limit;
+            f.inspect = p.inspect;
         }
         f.validate()?;
         Ok(f)
     }
 }
 
+fn parse_spec(spec: &str) -> Result<ForwardSpec, String> {
+    // The one-liner: `--forward 3000`.
+    if !spec.is_empty() && spec.bytes().all(|b| b.is_ascii_digit()) {
+        return parse_spec(&format!("tcp:{spec}:0"));
+    }
+    let (proto, rest) = spec
+        .split_once(':')
+        .ok_or_else(|| format!("invalid forward {spec:?}: expected PROTO:[HOST:]LOCAL:REMOTE"))?;
+    let proto = match proto {
+        "tcp" => Proto::Tcp,
+        "udp" => Proto::Udp,
+        "http" => Proto::Http,
+        p => {
+            return Err(format!(
+                "invalid forward {spec:?}: unknown protocol {p:?} (tcp, udp or http)"
+            ))
+        }
+    };
+    let parts = split_parts(rest);
+    let mut f = ForwardSpec {
+        proto,
+        local_host: DEFAULT_LOCAL_HOST.into(),
+        local_port: 0,
+        remote_port: 0,
+        subdomain: None,
+        speed_limit: None,
+        options: ForwardOptions::default(),
+        inspect: None,
+    };
+    if proto == Proto::Http {
+        let is_port = |s: &str| s.parse::<u16>().is_ok();
+        match parts.as_slice() {
+            [p] => f.local_port = parse_port(p, "local port", spec)?,
+            [a, b] if is_port(a) => {
+                f.local_port = parse_port(a, "local port", spec)?;
+                f.subdomain = Some(b.clone());
+            }
+            [h, p] => {
+                f.local_host = unbracket(h);
+                f.local_port = parse_port(p, "local port", spec)?;
+            }
+            [h, p, s] => {
+                f.local_host = unbracket(h);
+                f.local_port = parse_port(p, "local port", spec)?;
+                f.subdomain = Some(s.clone());
+            }
+            _ => {
+                return Err(format!(
+                    "invalid forward {spec:?}: expected http:[HOST:]LOCAL_PORT[:SUBDOMAIN]"
+                ))
+            }
+        }
+    } else {
+        match parts.as_slice() {
+            [l] => f.local_port = parse_port(l, "local port", spec)?,
+            [l, r] => {
+                f.local_port = parse_port(l, "local port", spec)?;
+                f.remote_port = parse_port(r, "remote port", spec)?;
+            }
+            [h, l, r] => {
+                f.local_host = unbracket(h);
+                f.local_port = parse_port(l, "local port", spec)?;
+                f.remote_port = parse_port(r, "remote port", spec)?;
+            }
+            _ => {
+                return Err(format!(
+                    "invalid forward {spec:?}: expected {proto}:[HOST:]LOCAL_PORT:REMOTE_PORT"
+                ))
+            }
+        }
+    }
+    Ok(f)
+}
+
 impl ForwardSpec {
+    /// Whether the inspector (when running) records this forward's exchanges.
+    pub fn inspected(&self) -> bool {
+        self.inspect.unwrap_or(self.proto == Proto::Http)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.local_port == 0 {
             return Err(format!(
@@ -381,6 +408,14 @@ impl ForwardSpec {
         if self.local_host.is_empty() {
             return Err("forward: local host is empty".into());
         }
+        if self.inspect == Some(true) && self.proto == Proto::Udp {
+            return Err(format!(
+                "forward to {}: inspect is for http and tcp forwards",
+                self.local()
+            ));
+        }
+        super::options::check(self.proto, &self.options)
+            .map_err(|e| format!("forward to {}: {e}", self.local()))?;
         if let Some(s) = &self.subdomain {
             if !valid_subdomain(s) {
                 return Err(format!(

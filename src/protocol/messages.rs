@@ -71,6 +71,8 @@ pub struct ForwardRequest {
     pub speed_limit: Option<u64>,
     /// Human-readable local target (`localhost:3000`), shown on the admin page.
     pub local: String,
+    /// Visitor rules and the PROXY protocol choice (protocol v2).
+    pub options: super::ForwardOptions,
 }
 
 /// Messages the client sends on the control stream after `Hello`.
@@ -125,6 +127,9 @@ pub struct StreamHeader {
     pub forward_id: u32,
     /// The public visitor (TCP) or `None` for the UDP stream of a forward.
     pub visitor: Option<SocketAddr>,
+    /// The public address the visitor reached (the destination of a PROXY header), when
+    /// known (protocol v2).
+    pub public: Option<SocketAddr>,
 }
 
 /// The one byte a client writes on a new TCP data stream once the local dial

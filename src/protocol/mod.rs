@@ -7,6 +7,7 @@
 mod codec;
 mod datagram;
 mod messages;
+mod options;
 
 pub use codec::{
     decode, encode, read_header_frame, write_frame, CodecError, MessageStream, MAX_CONTROL_FRAME,
@@ -16,11 +17,12 @@ pub use datagram::{
     datagram_codec, decode_datagram, encode_datagram, MAX_DATAGRAM, MAX_DATAGRAM_FRAME,
 };
 pub use messages::*;
+pub use options::{BasicAuth, Cidr, ForwardOptions, ProxyVersion, MAX_RULES};
 
 /// Wire protocol version. Bump it on any change that an older peer would misread;
 /// `Hello` and `ServerHello` keep their leading fields forever so that a peer of any
 /// version can read the other's version and name both in its refusal.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// First bytes of every `Hello`, so that a server can tell a stray HTTP request or a
 /// port scanner from an old `pipec` and say so in its log.

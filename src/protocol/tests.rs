@@ -23,6 +23,29 @@ fn text() -> impl Strategy<Value = String> {
     ".{0,80}"
 }
 
+fn cidr() -> impl Strategy<Value = Cidr> {
+    (socket_addr(), any::<u8>()).prop_map(|(a, p)| {
+        let ip = a.ip().to_canonical();
+        let bits = if ip.is_ipv4() { 33 } else { 129 };
+        Cidr::new(ip, p % bits).unwrap()
+    })
+}
+
+fn options() -> impl Strategy<Value = ForwardOptions> {
+    (
+        proptest::collection::vec(cidr(), 0..4),
+        proptest::collection::vec(cidr(), 0..4),
+        proptest::option::of((text(), text())),
+        proptest::option::of(prop_oneof![Just(ProxyVersion::V1), Just(ProxyVersion::V2)]),
+    )
+        .prop_map(|(allow, deny, auth, proxy_protocol)| ForwardOptions {
+            allow,
+            deny,
+            basic_auth: auth.map(|(user, password)| BasicAuth { user, password }),
+            proxy_protocol,
+        })
+}
+
 fn forward_request() -> impl Strategy<Value = ForwardRequest> {
     (
         any::<u32>(),
@@ -31,15 +54,17 @@ fn forward_request() -> impl Strategy<Value = ForwardRequest> {
         proptest::option::of(text()),
         proptest::option::of(any::<u64>()),
         text(),
+        options(),
     )
         .prop_map(
-            |(id, proto, remote_port, subdomain, speed_limit, local)| ForwardRequest {
+            |(id, proto, remote_port, subdomain, speed_limit, local, options)| ForwardRequest {
                 id,
                 proto,
                 remote_port,
                 subdomain,
                 speed_limit,
                 local,
+                options,
             },
         )
 }
@@ -80,12 +105,16 @@ fn socket_addr() -> impl Strategy<Value = SocketAddr> {
 }
 
 fn stream_header() -> impl Strategy<Value = StreamHeader> {
-    (any::<u32>(), proptest::option::of(socket_addr())).prop_map(|(forward_id, visitor)| {
-        StreamHeader {
+    (
+        any::<u32>(),
+        proptest::option::of(socket_addr()),
+        proptest::option::of(socket_addr()),
+    )
+        .prop_map(|(forward_id, visitor, public)| StreamHeader {
             forward_id,
             visitor,
-        }
-    })
+            public,
+        })
 }
 
 fn hello() -> impl Strategy<Value = Hello> {

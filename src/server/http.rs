@@ -8,7 +8,7 @@
 
 use super::session::Session;
 use super::state::State;
-use crate::caddy::{random_label, Caddy};
+use crate::caddy::{hash_credentials, random_label, Caddy, RouteRules};
 use crate::config::valid_subdomain;
 use crate::protocol::{ForwardRequest, ServerMsg};
 use futures::FutureExt;
@@ -56,8 +56,15 @@ pub(super) async fn open(
         }
     };
     let url = format!("https://{}", caddy.host(&sub));
+    let rules = match route_rules(&state, &req).await {
+        Ok(r) => r,
+        Err(e) => {
+            state.release_subdomain(&sub);
+            return Err(e);
+        }
+    };
     let tunnel = s.new_tunnel(&req, port, Some(url.clone()), speed_limit);
-    let published = match caddy.publish(&sub, tunnel.id, port).await {
+    let published = match caddy.publish(&sub, tunnel.id, port, &rules).await {
         Ok(p) => p,
         Err(e) => {
             state.release_subdomain(&sub);
@@ -76,6 +83,27 @@ pub(super) async fn open(
         id: req.id,
         remote_port: 0,
         url: Some(url),
+    })
+}
+
+/// What Caddy enforces for this forward: its access rules (within the operator's
+/// ceiling), the bcrypt hash of its basic-auth password, and the visitor header.
+async fn route_rules(state: &State, req: &ForwardRequest) -> Result<RouteRules, String> {
+    let access = super::access::for_forward(&state.config.allow, req.proto, &req.options)?;
+    let basic_auth = match req.options.basic_auth.clone() {
+        // bcrypt is slow by design: keep it off the runtime's threads.
+        Some(a) => Some(
+            tokio::task::spawn_blocking(move || hash_credentials(&a))
+                .await
+                .map_err(|e| format!("cannot hash the basic-auth password: {e}"))??,
+        ),
+        None => None,
+    };
+    Ok(RouteRules {
+        allow: access.allow,
+        deny: access.deny,
+        basic_auth,
+        visitor_header: req.options.proxy_protocol.is_some(),
     })
 }
 

@@ -5,9 +5,11 @@
 //! token and `run` stops accepting, lets open connections drain up to the configured
 //! deadline, then ends every session.
 
+pub mod access;
 mod http;
 mod pending;
 mod ports;
+pub mod real_addr;
 mod session;
 pub mod state;
 mod streams;

@@ -262,6 +262,9 @@ impl Session {
                 cfg.max_tunnels
             ));
         }
+        if let Err(reason) = super::access::for_forward(&cfg.allow, req.proto, &req.options) {
+            return refuse(reason);
+        }
         let speed_limit = lower_limit(req.speed_limit, cfg.speed_limit);
         match req.proto {
             Proto::Tcp => self.open_tcp(req, speed_limit).await.unwrap_or_else(refuse),
@@ -289,6 +292,11 @@ impl Session {
             local: req.local.chars().take(256).collect(),
             since: SystemTime::now(),
             speed_limit,
+            access: match req.proto {
+                Proto::Http => Default::default(),
+                p => super::access::resolved(&self.ctx.state.config.allow, p, &req.options),
+            },
+            visitor_from_caddy: req.proto == Proto::Http && req.options.proxy_protocol.is_some(),
             stats: TunnelStats::default(),
             stop: self.info.stop.child_token(),
         })

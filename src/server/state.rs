@@ -71,6 +71,10 @@ pub struct TunnelInfo {
     pub local: String,
     pub since: SystemTime,
     pub speed_limit: Option<u64>,
+    /// Visitor rules enforced by piped (open for `Http`: Caddy enforces those).
+    pub access: super::access::Access,
+    /// `Http` only: Caddy names each connection's visitor (`real_addr`).
+    pub visitor_from_caddy: bool,
     pub stats: TunnelStats,
     /// Cancelled to close the tunnel and its connections.
     pub stop: CancellationToken,

@@ -1,5 +1,6 @@
 //! TCP tunnels: the public accept loop and one yamux stream per visitor.
 
+use super::real_addr::{self, Source, Visitor};
 use super::state::{ConnGuard, State, TunnelInfo};
 use super::streams::{StreamPermit, TunnelBudget};
 use super::Ctx;
@@ -7,8 +8,10 @@ use crate::limit::RateLimiter;
 use crate::protocol::{write_frame, StreamHeader};
 use crate::transport::{splice, tcp, Mux, SpliceOptions};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn, Instrument};
 
@@ -42,6 +45,11 @@ pub async fn accept_loop(listener: TcpListener, t: Arc<TunnelCtx>) {
                 continue;
             }
         };
+        let source = visitor_source(&t, peer);
+        if source == Source::Peer && !t.tunnel.access.admits(peer.ip()) {
+            debug!(%peer, "visitor refused by the tunnel's access rules");
+            continue;
+        }
         // Caps cost the offending tunnel only: its visitor is closed at once, and the
         // budget keeps room for the siblings (server/streams.rs).
         let permit = match t.streams.try_acquire() {
@@ -54,16 +62,41 @@ pub async fn accept_loop(listener: TcpListener, t: Arc<TunnelCtx>) {
         let span = tracing::debug_span!("stream", visitor = %peer);
         t.ctx
             .conns
-            .spawn(visitor(sock, peer, t.clone(), permit).instrument(span));
+            .spawn(visitor(sock, peer, source, t.clone(), permit).instrument(span));
     }
 }
 
-async fn visitor(mut sock: TcpStream, peer: SocketAddr, t: Arc<TunnelCtx>, _permit: StreamPermit) {
-    let _guard = ConnGuard::new(t.ctx.state.clone(), t.tunnel.clone());
+/// Where this connection's visitor address comes from (`real_addr`).
+fn visitor_source(t: &TunnelCtx, peer: SocketAddr) -> Source {
+    let trusted = &t.ctx.state.config.accept_proxy_protocol;
+    real_addr::source(t.tunnel.proto, t.tunnel.visitor_from_caddy, trusted, peer)
+}
+
+async fn visitor(
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    source: Source,
+    t: Arc<TunnelCtx>,
+    _permit: StreamPermit,
+) {
     tcp::tune(&sock);
+    let learnt = tokio::select! {
+        _ = t.tunnel.stop.cancelled() => return,
+        r = real_addr::learn(&mut sock, peer, source) => r,
+    };
+    let v = match learnt {
+        Ok(v) => v,
+        Err(e) => return debug!(error = %e, "visitor address not learnt; closed"),
+    };
+    // A visitor announced by a load balancer meets the rules the TCP peer met above.
+    if source != Source::Peer && !t.tunnel.access.admits(v.addr.ip()) {
+        return debug!(visitor = %v.addr, "visitor refused by the tunnel's access rules");
+    }
+    // Counted from here: a refused visitor is no connection of the tunnel's.
+    let _guard = ConnGuard::new(t.ctx.state.clone(), t.tunnel.clone());
     let result = tokio::select! {
         _ = t.tunnel.stop.cancelled() => return,
-        r = carry(&mut sock, peer, &t, &t.ctx.state) => r,
+        r = carry(&mut sock, v, &t, &t.ctx.state) => r,
     };
     match result {
         Ok(()) => debug!("visitor done"),
@@ -73,18 +106,29 @@ async fn visitor(mut sock: TcpStream, peer: SocketAddr, t: Arc<TunnelCtx>, _perm
 
 async fn carry(
     sock: &mut TcpStream,
-    peer: SocketAddr,
+    v: Visitor,
     t: &TunnelCtx,
     _state: &State,
 ) -> Result<(), String> {
     let mut stream = t.mux.open().await.map_err(|e| e.to_string())?;
     let header = StreamHeader {
         forward_id: t.tunnel.forward_id,
-        visitor: Some(peer),
+        visitor: Some(v.addr),
+        public: v.public,
     };
     write_frame(&mut stream, &header)
         .await
         .map_err(|e| e.to_string())?;
+    if !v.early.is_empty() {
+        stream
+            .write_all(&v.early)
+            .await
+            .map_err(|e| e.to_string())?;
+        t.tunnel
+            .stats
+            .bytes_in
+            .fetch_add(v.early.len() as u64, Ordering::Relaxed);
+    }
     let opts = SpliceOptions {
         a_to_b: Some(t.tunnel.stats.bytes_in.clone()),
         b_to_a: Some(t.tunnel.stats.bytes_out.clone()),

@@ -65,6 +65,7 @@ pub async fn run(socket: UdpSocket, t: Arc<UdpCtx>) -> Result<(), String> {
     let header = StreamHeader {
         forward_id: t.tunnel.forward_id,
         visitor: None,
+        public: None,
     };
     write_frame(&mut stream, &header)
         .await
@@ -111,7 +112,8 @@ pub async fn run(socket: UdpSocket, t: Arc<UdpCtx>) -> Result<(), String> {
             tokio::select! {
                 r = socket.recv_from(&mut buf) => match r {
                     Ok((n, addr)) => {
-                        if !within(limit_in, n) {
+                        // A refused visitor gets no peer id: nothing reaches the client.
+                        if !t.tunnel.access.admits(addr.ip()) || !within(limit_in, n) {
                             continue;
                         }
                         let id = lock().id_for(addr, Instant::now(), &t);

@@ -9,6 +9,7 @@ pub mod datagram;
 mod goaway;
 pub mod mux;
 pub mod peers;
+pub mod proxy_protocol;
 pub mod splice;
 mod stream;
 pub mod tcp;

@@ -373,6 +373,16 @@ impl Caddy {
     /// GETs `https://HOST:PORT/path` through Caddy with curl: status and body, or
     /// curl's complaint when no HTTP answer came (no certificate yet, say).
     pub async fn try_fetch(&self, host: &str, path: &str) -> Result<(u16, Vec<u8>), String> {
+        self.try_fetch_with(host, path, &[]).await
+    }
+
+    /// `try_fetch` with extra curl arguments (`--interface 127.0.0.2`, `-u user:pw`).
+    pub async fn try_fetch_with(
+        &self,
+        host: &str,
+        path: &str,
+        extra: &[&str],
+    ) -> Result<(u16, Vec<u8>), String> {
         // The status goes to stderr after curl's own messages, the body to stdout.
         let out = tokio::process::Command::new("curl")
             .args([
@@ -383,6 +393,7 @@ impl Caddy {
                 "-w",
                 "%{stderr}%{http_code}",
             ])
+            .args(extra)
             .arg("--resolve")
             .arg(format!("{host}:{}:127.0.0.1", self.https))
             .arg(format!("https://{host}:{}{path}", self.https))

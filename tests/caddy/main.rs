@@ -2,6 +2,7 @@
 //! Caddy (`harness`) and `piped --domain example.test --caddy-admin ...` in front of it,
 //! then checks what visitors get and what Caddy's config holds.
 
+mod access;
 #[path = "../common/mod.rs"]
 mod common;
 mod harness;

@@ -105,6 +105,8 @@ async fn invalid_names_are_refused_by_the_server_and_caddy_is_left_alone() {
             remote_port: 0,
             subdomain: Some(bad.into()),
             speed_limit: None,
+            options: Default::default(),
+            inspect: None,
         };
         let cfg = pipe::config::ClientConfig::new(&server.addr.to_string(), vec![spec]).unwrap();
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();

@@ -6,6 +6,8 @@
 
 pub mod certs;
 pub mod http;
+pub mod httpsvc;
+pub mod nginx;
 pub mod proxy;
 pub mod redis;
 
