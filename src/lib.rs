@@ -7,6 +7,7 @@
 //! forwarding), `admin` (dashboard, JSON API, metrics), `caddy` (routes for http
 //! forwards), `auth`, `limit`, `config`, `logging`.
 
+pub mod accounts;
 pub mod admin;
 pub mod auth;
 pub mod caddy;
@@ -21,6 +22,6 @@ pub mod signals;
 pub mod transport;
 
 /// `--version` text: the software version and the wire protocol version.
-pub const VERSION_LINE: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol v1)");
+pub const VERSION_LINE: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol v2)");
 // `concat!` takes only literals: bumping the protocol version must update the line above.
-const _: () = assert!(protocol::PROTOCOL_VERSION == 1, "update VERSION_LINE");
+const _: () = assert!(protocol::PROTOCOL_VERSION == 2, "update VERSION_LINE");

@@ -48,6 +48,8 @@ pub struct ServerView {
 #[derive(Serialize)]
 pub struct ClientView {
     pub id: u64,
+    /// The user logged in, on a server with a users file.
+    pub user: Option<String>,
     pub addr: String,
     /// Unix seconds.
     pub since: u64,
@@ -62,6 +64,8 @@ pub struct TunnelView {
     pub id: u64,
     /// The session (`ClientView::id`) that owns the tunnel.
     pub client: u64,
+    /// The user whose session owns the tunnel, on a server with a users file.
+    pub user: Option<String>,
     pub client_addr: Option<String>,
     pub proto: &'static str,
     /// The public port (for `http`, the internal port Caddy proxies to).
@@ -102,7 +106,7 @@ pub async fn server(Ext(admin): Ext<Shared>) -> Json<ServerView> {
             + s.connections_udp.load(Ordering::Relaxed),
         bytes_in,
         bytes_out,
-        auth_failures: s.auth_failures.load(Ordering::Relaxed),
+        auth_failures: s.auth_failures.total(),
     })
 }
 
@@ -117,6 +121,7 @@ pub async fn clients(Ext(admin): Ext<Shared>) -> Json<Vec<ClientView>> {
         .iter()
         .map(|s| ClientView {
             id: s.id,
+            user: s.owner.user.as_deref().map(str::to_string),
             addr: s.addr.to_string(),
             since: unix(s.since),
             version: s.software.clone(),
@@ -147,6 +152,7 @@ fn tunnel_view(t: &TunnelInfo, client_addr: Option<String>) -> TunnelView {
     TunnelView {
         id: t.id,
         client: t.session_id,
+        user: t.user.as_deref().map(str::to_string),
         client_addr,
         proto: t.proto.as_str(),
         port: t.port,
@@ -175,6 +181,28 @@ pub async fn close_tunnel(Ext(admin): Ext<Shared>, Path(id): Path<u64>) -> Respo
         info!(tunnel = id, proto = %t.proto, port = t.port, "tunnel closed by the operator");
     }
     Json(serde_json::json!({ "closed": id })).into_response()
+}
+
+/// `DELETE /api/users/{name}/sessions`: ends every session of a user (each client
+/// reconnects, and gets in again only if its token is still good).
+pub async fn end_user_sessions(Ext(admin): Ext<Shared>, Path(name): Path<String>) -> Response {
+    let known = admin
+        .state
+        .accounts
+        .as_ref()
+        .is_some_and(|a| a.current().get(&name).is_some());
+    let sessions = admin.state.sessions_of_user(Some(&name));
+    if !known && sessions.is_empty() {
+        let body = ErrorBody {
+            error: "no such user",
+        };
+        return (StatusCode::NOT_FOUND, Json(body)).into_response();
+    }
+    for s in &sessions {
+        s.stop.cancel();
+    }
+    info!(user = %name, sessions = sessions.len(), "user's sessions ended by the operator");
+    Json(serde_json::json!({ "user": name, "ended": sessions.len() })).into_response()
 }
 
 #[derive(Deserialize)]
@@ -217,6 +245,7 @@ mod tests {
         let tunnel = TunnelInfo {
             id: state.next_id(),
             session_id: 1,
+            user: None,
             forward_id: 0,
             proto: Proto::Http,
             port: 40000,

@@ -1,7 +1,7 @@
 //! `piped`: parse, set up logging, bind, run, map the outcome to an exit code.
 
 use clap::Parser;
-use pipe::config::cli::PipedArgs;
+use pipe::config::cli::{PipedArgs, PipedCommand, TokenAction};
 use pipe::config::ServerConfig;
 use pipe::server::{Server, ServerError};
 use std::io::Write;
@@ -13,6 +13,13 @@ fn main() -> ExitCode {
     // Before any allocation of the data path: keep yamux's frame buffers in the heap.
     pipe::transport::alloc::tune_for_frames();
     let args = PipedArgs::parse();
+    if let Some(PipedCommand::Token {
+        action: TokenAction::New,
+    }) = args.command
+    {
+        println!("{}", pipe::accounts::new_token());
+        return ExitCode::SUCCESS;
+    }
     let cfg = match ServerConfig::from_args(args) {
         Ok(c) => c,
         Err(e) => {

@@ -32,14 +32,23 @@ pub struct LogArgs {
 
 /// pipe server: accepts pipec clients and publishes their forwards.
 #[derive(Debug, Parser)]
-#[command(name = "piped", version = crate::VERSION_LINE)]
+#[command(name = "piped", version = crate::VERSION_LINE, args_conflicts_with_subcommands = true)]
 pub struct PipedArgs {
+    #[command(subcommand)]
+    pub command: Option<PipedCommand>,
     /// Control listener, PORT or HOST:PORT [default: 0.0.0.0:8910]
     #[arg(long)]
     pub listen: Option<String>,
     /// Shared secret clients must prove; without one the server is open.
     #[arg(long, env = "PIPE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Users file ([[user]] tables: name, token, ports, subdomains, ...); reloaded on
+    /// SIGHUP and when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub users: Option<PathBuf>,
+    /// Sessions one user (or the shared token) may hold at once [default: 16]
+    #[arg(long)]
+    pub max_sessions: Option<usize>,
     /// TOML config file; flags override its keys.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -117,6 +126,21 @@ pub struct PipedArgs {
     pub log: LogArgs,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum PipedCommand {
+    /// Tokens for the users file or --token.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Print a fresh random token (256 bits).
+    New,
+}
+
 /// pipe client: publishes local ports through a piped server; or relays locally.
 #[derive(Debug, Parser)]
 #[command(name = "pipec", version = crate::VERSION_LINE, args_conflicts_with_subcommands = true)]
@@ -153,7 +177,10 @@ pub struct PipecRunArgs {
         help = "PROTO:[LOCAL_HOST:]LOCAL_PORT:REMOTE_PORT, or http:[LOCAL_HOST:]LOCAL_PORT[:SUBDOMAIN]"
     )]
     pub forwards: Vec<ForwardSpec>,
-    /// Shared secret for the server's login.
+    /// The account to log in as, on a server with a users file.
+    #[arg(long, env = "PIPE_USER")]
+    pub user: Option<String>,
+    /// Shared secret for the server's login (the user's token with --user).
     #[arg(long, env = "PIPE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// TOML config file; flags override its keys.

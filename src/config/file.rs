@@ -11,6 +11,8 @@ use std::time::Duration;
 pub struct ServerFile {
     pub listen: Option<String>,
     pub token: Option<String>,
+    pub users: Option<PathBuf>,
+    pub max_sessions: Option<usize>,
     pub bind_addr: Option<String>,
     pub udp_bind_addr: Option<String>,
     pub ports: Option<PortSet>,
@@ -46,6 +48,7 @@ pub struct ServerFile {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ClientFile {
     pub server: Option<String>,
+    pub user: Option<String>,
     pub token: Option<String>,
     #[serde(default)]
     pub forward: Vec<ForwardTable>,

@@ -43,6 +43,10 @@ pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// its clients back within about two seconds.
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(2);
 pub const DEFAULT_CADDY_SERVER: &str = "srv0";
+/// Sessions one user (or the shared token) may hold at once: a few machines with a
+/// few restarts in flight each, while one token holder cannot open sessions enough to
+/// hold the whole port range (16 × 64 tunnels is 1,024 of 64,512 default ports).
+pub const DEFAULT_MAX_SESSIONS: usize = 16;
 
 /// A bad command line or config file (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +146,10 @@ fn heartbeats(
 pub struct ServerConfig {
     pub listen: String,
     pub token: Option<Token>,
+    /// The users file (`--users`). With `token` as well, a login without a user name is
+    /// the implicit user of that token (clients not yet moved to accounts).
+    pub users: Option<PathBuf>,
+    pub max_sessions: usize,
     pub bind_addr: IpAddr,
     /// Where public UDP sockets bind; `bind_addr` unless set.
     pub udp_bind_addr: IpAddr,
@@ -209,7 +217,15 @@ impl ServerConfig {
         if domain.is_some() != caddy_admin.is_some() {
             return Err("domain and caddy-admin go together".to_string().into());
         }
+        let users = a.users.or(f.users);
         let cfg = ServerConfig {
+            users,
+            max_sessions: positive(
+                "max-sessions",
+                a.max_sessions
+                    .or(f.max_sessions)
+                    .unwrap_or(DEFAULT_MAX_SESSIONS),
+            )?,
             listen: listen_addr(
                 &a.listen
                     .or(f.listen)
@@ -323,6 +339,7 @@ pub struct ClientConfig {
     pub server: String,
     /// The host part of `server`, used in the printed public addresses.
     pub server_host: String,
+    pub user: Option<String>,
     pub token: Option<Token>,
     pub forwards: Vec<ForwardSpec>,
     pub tls: bool,
@@ -382,9 +399,20 @@ impl ClientConfig {
             a.heartbeat_timeout.or(f.heartbeat_timeout),
         )?;
         let tls_ca = a.tls_ca.or(f.tls_ca);
+        let user = a.user.or(f.user).filter(|u| !u.is_empty());
+        if let Some(u) = &user {
+            if u.len() > crate::protocol::MAX_USER_NAME {
+                return Err(format!(
+                    "user name too long: at most {} bytes",
+                    crate::protocol::MAX_USER_NAME
+                )
+                .into());
+            }
+        }
         Ok(ClientConfig {
             server,
             server_host,
+            user,
             token: a
                 .token
                 .or(f.token)
@@ -419,6 +447,7 @@ impl ClientConfig {
         use clap::Parser;
         let mut args = cli::PipecArgs::parse_from(["pipec"]);
         args.run.token = None;
+        args.run.user = None;
         args.run.server = Some(server.to_string());
         args.run.forwards = forwards;
         ClientConfig::from_args(args.run, &args.log)

@@ -20,7 +20,7 @@ pub use messages::*;
 /// Wire protocol version. Bump it on any change that an older peer would misread;
 /// `Hello` and `ServerHello` keep their leading fields forever so that a peer of any
 /// version can read the other's version and name both in its refusal.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// First bytes of every `Hello`, so that a server can tell a stray HTTP request or a
 /// port scanner from an old `pipec` and say so in its log.

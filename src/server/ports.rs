@@ -1,6 +1,7 @@
 //! Claiming a public port: check the allow-list and the registry, then bind.
 
 use super::state::{PortKey, PortRefusal, State};
+use crate::config::PortSet;
 use std::future::Future;
 use std::io;
 
@@ -17,12 +18,14 @@ fn bind_refusal(port: u16, e: &io::Error) -> String {
     }
 }
 
-/// Claims `requested` (or any free allowed port when 0) and binds it with `bind`.
-/// Returns the bound socket and its port, or the refusal text for the client.
+/// Claims `requested` (or any free allowed port when 0, within `scope` when given) and
+/// binds it with `bind`. Returns the bound socket and its port, or the refusal text for
+/// the client.
 pub async fn claim<L, F, Fut>(
     state: &State,
     udp: bool,
     requested: u16,
+    scope: Option<&PortSet>,
     bind: F,
 ) -> Result<(L, u16), String>
 where
@@ -48,7 +51,7 @@ where
             }
         };
     }
-    for port in state.free_port_candidates(udp, MAX_BIND_ATTEMPTS) {
+    for port in state.free_port_candidates(udp, MAX_BIND_ATTEMPTS, scope) {
         if state.reserve_port(key(port)).is_err() {
             continue;
         }

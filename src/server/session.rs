@@ -1,9 +1,12 @@
 //! One client session: the login under a timeout, then the control loop that opens
 //! and closes tunnels, exchanges heartbeats, and releases everything at the end.
 
+use super::state::Owner;
 use super::state::{SessionEvent, SessionInfo, TunnelInfo, TunnelStats};
 use super::{tcp as tcp_tunnel, Ctx};
-use crate::auth::{server_handshake, ClientLogin, LoginError};
+use crate::accounts::{proof, throttle, User};
+use crate::auth::{server_handshake_named, ClientLogin, Credentials, LoginError};
+use crate::config::PortSet;
 use crate::limit::{lower_limit, RateLimiter};
 use crate::protocol::{
     ClientMsg, CodecError, ForwardRequest, MessageStream, Proto, ServerMsg, MAX_CONTROL_FRAME,
@@ -13,6 +16,7 @@ use crate::transport::{Mux, MuxStream};
 use futures::io::{AsyncRead, AsyncWrite};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -27,6 +31,16 @@ const STREAM_HEADROOM: usize = 8;
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long a new session waits for the old session of the same client to let go.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+/// The tracing target of the audit trail: one line per login and per forward.
+pub const AUDIT: &str = "pipe::audit";
+/// A login whose client id is held by a live session it cannot prove it owns.
+const TAKEN_CLIENT_ID: &str =
+    "this client id belongs to a live session that this login cannot prove it owns";
+/// A first login whose proof does not belong to its client id.
+const BAD_PROOF: &str = "the login's proof does not match its client id";
+/// Random characters after a user's wildcard prefix (36^8 names: collisions are rare
+/// enough for the claim's own "taken" answer to handle).
+const RANDOM_SUBDOMAIN_TAIL: usize = 8;
 
 /// Serves one accepted control connection from login to teardown. The login must be
 /// done by `deadline`; with `refusal` set, the login is refused with that reason.
@@ -55,13 +69,25 @@ pub async fn serve<IO>(
     let (mux, driver) = mux::start(io, ycfg, Mode::Server, on_inbound, stop.clone());
     let mut driver = mux::DriverTask::spawn(driver);
 
-    let token = cfg.token.clone();
+    let table = ctx.state.accounts.as_ref().map(|a| a.current());
+    let creds = match (&table, &cfg.token) {
+        (Some(t), shared) => Credentials::Users {
+            table: &**t,
+            shared: shared.as_ref(),
+        },
+        (None, Some(t)) => Credentials::Shared(t),
+        (None, None) => Credentials::Open,
+    };
+    // An address cooling off after failed logins is refused before any check.
+    let cooling = ctx.state.logins.cooling(peer.ip()).map(throttle::refusal);
+    let refusal = refusal.map(str::to_string).or(cooling.clone());
+    let mut asked = None;
     let login = async {
         let stream = first_rx
             .await
             .map_err(|_| LoginError::Codec(CodecError::Closed))?;
         let mut ctl = MessageStream::new(stream, MAX_CONTROL_FRAME);
-        let who = server_handshake(&mut ctl, token.as_ref(), refusal).await;
+        let who = server_handshake_named(&mut ctl, creds, refusal.as_deref(), &mut asked).await;
         Ok::<_, LoginError>((ctl, who))
     };
     let (mut ctl, who) = match tokio::time::timeout_at(deadline, login).await {
@@ -73,25 +99,35 @@ pub async fn serve<IO>(
             debug!(error = %e, "connection ended before login");
             return;
         }
-        Ok(Ok((mut ctl, Err(e)))) => {
-            if matches!(e, LoginError::BadToken) {
-                ctx.state
-                    .stats
-                    .auth_failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Ok((ctl, Err(e)))) => {
+            let failures = &ctx.state.stats.auth_failures;
+            if cooling.is_some() {
+                failures.cooling_off.fetch_add(1, Relaxed);
+                debug!("login refused: the address is cooling off");
+            } else {
+                if matches!(e, LoginError::BadToken | LoginError::BadUserOrToken) {
+                    failures.bad_token.fetch_add(1, Relaxed);
+                    login_failed(&ctx, peer);
+                }
+                audit_login(asked.as_deref(), peer, &e.to_string());
             }
-            info!(error = %e, "login refused");
-            // Let the refusal reach the client before the connection goes.
-            let _ = timeout(CLOSE_GRACE, ctl.close()).await;
-            stop.cancel();
-            let _ = timeout(CLOSE_GRACE, driver.finished()).await;
+            close_refused(ctl, &stop, &mut driver).await;
             return;
         }
         Ok(Ok((ctl, Ok(who)))) => (ctl, who),
     };
 
-    let (session, events) = register(&ctx, &who, peer, stop.clone()).await;
-    let span = tracing::info_span!("session", id = session.id);
+    let (session, events) = match register(&ctx, &who, peer, stop.clone()).await {
+        Ok(v) => v,
+        Err(reason) => {
+            audit_login(who.user.as_deref(), peer, &reason);
+            let msg = ServerMsg::LoginRefused { reason };
+            let _ = send(&mut ctl, &msg, cfg.heartbeat_timeout).await;
+            close_refused(ctl, &stop, &mut driver).await;
+            return;
+        }
+    };
+    let span = tracing::info_span!("session", id = session.id, user = session.owner.user_name());
     async {
         if send(
             &mut ctl,
@@ -106,6 +142,7 @@ pub async fn serve<IO>(
             return;
         }
         drop(permit);
+        audit_login(who.user.as_deref(), peer, "ok");
         info!(software = %who.software, "client logged in");
         let mut s = Session {
             ctx: ctx.clone(),
@@ -127,15 +164,75 @@ pub async fn serve<IO>(
     session.closed.cancel();
 }
 
+/// Lets a login refusal reach the client, then ends the connection.
+async fn close_refused(
+    mut ctl: MessageStream<MuxStream>,
+    stop: &CancellationToken,
+    driver: &mut mux::DriverTask,
+) {
+    let _ = timeout(CLOSE_GRACE, ctl.close()).await;
+    stop.cancel();
+    let _ = timeout(CLOSE_GRACE, driver.finished()).await;
+}
+
+/// One audit line per login: who, from where, and what came of it.
+fn audit_login(user: Option<&str>, client: SocketAddr, outcome: &str) {
+    info!(target: AUDIT, user = user.unwrap_or("-"), %client, outcome, "login");
+}
+
+/// Counts a failed login against its address; says so once when it starts cooling off.
+fn login_failed(ctx: &Ctx, peer: SocketAddr) {
+    if ctx.state.logins.failed(peer.ip()) {
+        warn!(
+            target: AUDIT,
+            client = %peer.ip(),
+            cool_off = ?throttle::COOL_OFF,
+            "too many failed logins from this address; refusing its logins for the cool-off"
+        );
+    }
+}
+
 /// Registers the session after ending any earlier session of the same client, whose
-/// ports are then free for this one to claim.
+/// ports are then free for this one to claim; or says why not. Only the same user's
+/// client that proves the next link of its chain may take over (`accounts::proof`).
 async fn register(
     ctx: &Ctx,
     who: &ClientLogin,
     peer: SocketAddr,
     stop: CancellationToken,
-) -> (Arc<SessionInfo>, mpsc::UnboundedReceiver<SessionEvent>) {
+) -> Result<(Arc<SessionInfo>, mpsc::UnboundedReceiver<SessionEvent>), String> {
+    let owner = Owner {
+        user: who.user.as_deref().map(Arc::from),
+        client_id: who.client_id,
+    };
     let old = ctx.state.sessions_of_client(&who.client_id, 0);
+    let proven = if old.is_empty() {
+        proof::binds_to_id(&who.proof, &who.client_id)
+    } else {
+        old.iter()
+            .all(|s| s.owner.user == owner.user && proof::follows(&who.proof, &s.proof))
+    };
+    if !proven {
+        ctx.state
+            .stats
+            .auth_failures
+            .bad_proof
+            .fetch_add(1, Relaxed);
+        login_failed(ctx, peer);
+        return Err(if old.is_empty() {
+            BAD_PROOF.to_string()
+        } else {
+            TAKEN_CLIENT_ID.to_string()
+        });
+    }
+    let max = ctx.state.config.max_sessions;
+    let held = ctx.state.sessions_of_user(owner.user.as_deref()).len() - old.len();
+    if held >= max {
+        return Err(format!(
+            "{} already has {held} sessions (the limit is {max})",
+            owner.user.as_deref().unwrap_or("this token")
+        ));
+    }
     for s in &old {
         info!(
             old_session = s.id,
@@ -149,7 +246,8 @@ async fn register(
     let (events, events_rx) = mpsc::unbounded_channel();
     let info = Arc::new(SessionInfo {
         id: ctx.state.next_id(),
-        client_id: who.client_id,
+        owner,
+        proof: who.proof,
         addr: peer,
         since: SystemTime::now(),
         software: who.software.clone(),
@@ -158,7 +256,31 @@ async fn register(
         events,
     });
     ctx.state.add_session(info.clone());
-    (info, events_rx)
+    Ok((info, events_rx))
+}
+
+/// Checks a forward against a user's rights; a random subdomain is drawn from the
+/// user's wildcard here, so the http module needs no notion of users.
+fn check_rights(u: &User, req: &mut ForwardRequest) -> Result<(), String> {
+    match req.proto {
+        Proto::Http => match &req.subdomain {
+            Some(sub) => u.check_subdomain(sub),
+            None => {
+                let prefix = u.random_subdomain_prefix()?;
+                req.subdomain = Some(format!(
+                    "{prefix}{}",
+                    crate::caddy::random_label(RANDOM_SUBDOMAIN_TAIL)
+                ));
+                Ok(())
+            }
+        },
+        Proto::Tcp | Proto::Udp if req.remote_port != 0 => u.check_port(req.remote_port),
+        Proto::Tcp | Proto::Udp if u.ports.is_none() => Err(format!(
+            "{} has no ports (give ports in the users file)",
+            u.name
+        )),
+        Proto::Tcp | Proto::Udp => Ok(()),
+    }
 }
 
 async fn send<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
@@ -242,11 +364,47 @@ impl Session {
 
     async fn open_forward(&mut self, req: ForwardRequest) -> ServerMsg {
         let id = req.id;
-        self.tunnels.retain(|_, t| !t.stop.is_cancelled());
-        let refuse = |reason: String| {
-            info!(forward = id, %reason, "forward refused");
-            ServerMsg::ForwardRefused { id, reason }
+        let what = match (&req.proto, &req.subdomain) {
+            (Proto::Http, Some(sub)) => sub.chars().take(64).collect(),
+            (Proto::Http, None) => "(random)".to_string(),
+            (_, None | Some(_)) => req.remote_port.to_string(),
         };
+        let proto = req.proto;
+        let reply = self.try_open(req).await;
+        let outcome = match &reply {
+            ServerMsg::ForwardOk { .. } => "ok",
+            ServerMsg::ForwardRefused { reason, .. } => reason.as_str(),
+            _ => "?",
+        };
+        info!(
+            target: AUDIT,
+            user = self.info.owner.user_name(),
+            client = %self.info.addr,
+            forward = id,
+            %proto,
+            asked = %what,
+            outcome,
+            "forward"
+        );
+        reply
+    }
+
+    /// The user's rights as the users file says now (`None`: the implicit user).
+    fn rights(&self) -> Result<Option<Arc<User>>, String> {
+        let (Some(accounts), Some(name)) = (&self.ctx.state.accounts, &self.info.owner.user) else {
+            return Ok(None);
+        };
+        accounts
+            .current()
+            .get(name)
+            .map(Some)
+            .ok_or_else(|| format!("user {name} is no longer in the users file"))
+    }
+
+    async fn try_open(&mut self, mut req: ForwardRequest) -> ServerMsg {
+        let id = req.id;
+        self.tunnels.retain(|_, t| !t.stop.is_cancelled());
+        let refuse = |reason: String| ServerMsg::ForwardRefused { id, reason };
         let cfg = &self.ctx.state.config;
         if self.tunnels.contains_key(&id) {
             return refuse(format!("forward id {id} is already open"));
@@ -257,13 +415,45 @@ impl Session {
                 cfg.max_tunnels
             ));
         }
+        let rights = match self.rights() {
+            Ok(r) => r,
+            Err(reason) => return refuse(reason),
+        };
+        let mut scope = None;
+        if let Some(u) = &rights {
+            if let Err(reason) = check_rights(u, &mut req) {
+                return refuse(reason);
+            }
+            scope = u.ports.clone();
+            let max = u.max_tunnels.unwrap_or(cfg.max_tunnels);
+            let name = self
+                .info
+                .owner
+                .user
+                .clone()
+                .unwrap_or_else(|| Arc::from(""));
+            if self.ctx.state.take_user_tunnel(&name, max).is_err() {
+                return refuse(format!(
+                    "tunnel limit reached ({max} for {name} across all of its sessions)"
+                ));
+            }
+        }
         let speed_limit = lower_limit(req.speed_limit, cfg.speed_limit);
-        match req.proto {
-            Proto::Tcp => self.open_tcp(req, speed_limit).await.unwrap_or_else(refuse),
-            Proto::Http => super::http::open(self, req, speed_limit)
-                .await
-                .unwrap_or_else(refuse),
-            Proto::Udp => self.open_udp(req, speed_limit).await.unwrap_or_else(refuse),
+        let speed_limit = lower_limit(speed_limit, rights.as_ref().and_then(|u| u.speed_limit));
+        let scope = scope.as_ref();
+        let result = match req.proto {
+            Proto::Tcp => self.open_tcp(req, speed_limit, scope).await,
+            Proto::Http => super::http::open(self, req, speed_limit).await,
+            Proto::Udp => self.open_udp(req, speed_limit, scope).await,
+        };
+        match result {
+            Ok(msg) => msg,
+            Err(reason) => {
+                if let Some(name) = &self.info.owner.user {
+                    self.ctx.state.give_back_user_tunnel(name);
+                }
+                refuse(reason)
+            }
         }
     }
 
@@ -277,6 +467,7 @@ impl Session {
         Arc::new(TunnelInfo {
             id: self.ctx.state.next_id(),
             session_id: self.info.id,
+            user: self.info.owner.user.clone(),
             forward_id: req.id,
             proto: req.proto,
             port,
@@ -293,10 +484,11 @@ impl Session {
         &mut self,
         req: ForwardRequest,
         speed_limit: Option<u64>,
+        scope: Option<&PortSet>,
     ) -> Result<ServerMsg, String> {
         let state = &self.ctx.state;
         let bind_ip = state.config.bind_addr;
-        let (listener, port) = super::ports::claim(state, false, req.remote_port, |p| {
+        let (listener, port) = super::ports::claim(state, false, req.remote_port, scope, |p| {
             tokio::net::TcpListener::bind((bind_ip, p))
         })
         .await?;
@@ -313,10 +505,11 @@ impl Session {
         &mut self,
         req: ForwardRequest,
         speed_limit: Option<u64>,
+        scope: Option<&PortSet>,
     ) -> Result<ServerMsg, String> {
         let state = self.ctx.state.clone();
         let bind_ip = state.config.udp_bind_addr;
-        let (socket, port) = super::ports::claim(&state, true, req.remote_port, |p| {
+        let (socket, port) = super::ports::claim(&state, true, req.remote_port, scope, |p| {
             tokio::net::UdpSocket::bind((bind_ip, p))
         })
         .await?;

@@ -6,6 +6,7 @@
 
 pub mod certs;
 pub mod http;
+pub mod login;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};
