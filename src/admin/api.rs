@@ -42,6 +42,9 @@ pub struct ServerView {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub auth_failures: u64,
+    /// `sha256:HEX` of the certificate made with `--tls-self-signed`, for clients'
+    /// `--tls-fingerprint`.
+    pub tls_fingerprint: Option<String>,
 }
 
 /// `GET /api/clients`: one per live session.
@@ -107,6 +110,7 @@ pub async fn server(Ext(admin): Ext<Shared>) -> Json<ServerView> {
         bytes_in,
         bytes_out,
         auth_failures: s.auth_failures.total(),
+        tls_fingerprint: st.tls_fingerprint.clone(),
     })
 }
 

@@ -47,6 +47,9 @@ async fn serve(cfg: ServerConfig) -> ExitCode {
         Ok(v) => v,
         Err(e) => return fail(&e),
     };
+    if let Some(fp) = server.tls_fingerprint() {
+        println!("tls fingerprint {fp}");
+    }
     let listener = match TcpListener::bind(&listen).await {
         Ok(l) => l,
         Err(e) => {

@@ -51,6 +51,11 @@ pub(crate) fn tls_connector(config: &ClientConfig) -> Result<Option<TlsConnector
     if !config.tls {
         return Ok(None);
     }
+    if let Some(fp) = config.tls_fingerprint {
+        return tls::connector_pinned(fp)
+            .map(Some)
+            .map_err(ClientError::Tls);
+    }
     tls::connector(config.tls_ca.as_deref())
         .map(Some)
         .map_err(ClientError::Tls)

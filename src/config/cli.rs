@@ -2,6 +2,7 @@
 //! values can fill what the command line leaves out; defaults are applied in `config`.
 
 use super::values::{Endpoint, ForwardSpec, PortSet, Rate};
+use crate::transport::selfsigned::Fingerprint;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -107,6 +108,14 @@ pub struct PipedArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// TLS with a key and certificate piped makes once and keeps in --state-dir;
+    /// prints `tls fingerprint sha256:HEX` for clients' --tls-fingerprint.
+    #[arg(long)]
+    pub tls_self_signed: bool,
+    /// Where piped keeps its state [default: $STATE_DIRECTORY, else
+    /// $XDG_STATE_HOME/pipe, else ~/.local/state/pipe]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Cap per tunnel and direction, e.g. 10MB; clients cannot raise it.
     #[arg(long)]
     pub speed_limit: Option<Rate>,
@@ -198,6 +207,10 @@ pub struct PipecRunArgs {
     /// Name to verify in the server certificate [default: the --server host]
     #[arg(long)]
     pub tls_server_name: Option<String>,
+    /// Accept exactly the server certificate with this fingerprint, sha256:HEX (as
+    /// `piped --tls-self-signed` prints it; implies --tls).
+    #[arg(long, value_name = "sha256:HEX")]
+    pub tls_fingerprint: Option<Fingerprint>,
     /// How often to send a heartbeat [default: 10s]
     #[arg(long, value_parser = duration)]
     pub heartbeat_interval: Option<Duration>,

@@ -32,6 +32,8 @@ pub struct ServerFile {
     pub caddy_tls_policy: Option<bool>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub tls_self_signed: Option<bool>,
+    pub state_dir: Option<PathBuf>,
     pub speed_limit: Option<Rate>,
     #[serde(default, with = "humantime_serde")]
     pub heartbeat_interval: Option<Duration>,
@@ -56,6 +58,7 @@ pub struct ClientFile {
     pub tls: Option<bool>,
     pub tls_ca: Option<PathBuf>,
     pub tls_server_name: Option<String>,
+    pub tls_fingerprint: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub heartbeat_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]

@@ -12,6 +12,7 @@ pub use values::{valid_subdomain, Endpoint, ForwardSpec, PortSet, Rate, DEFAULT_
 
 use crate::auth::Token;
 use crate::protocol::Proto;
+use crate::transport::selfsigned::Fingerprint;
 use cli::{LogArgs, LogFormat, PipecRunArgs, PipedArgs};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -169,6 +170,9 @@ pub struct ServerConfig {
     pub caddy_tls_policy: bool,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// TLS with a key and certificate of the server's own (ignored with `tls_cert`).
+    pub tls_self_signed: bool,
+    pub state_dir: Option<PathBuf>,
     pub speed_limit: Option<u64>,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
@@ -294,6 +298,8 @@ impl ServerConfig {
             caddy_tls_policy: a.caddy_tls_policy || f.caddy_tls_policy.unwrap_or(false),
             tls_cert,
             tls_key,
+            tls_self_signed: a.tls_self_signed || f.tls_self_signed.unwrap_or(false),
+            state_dir: a.state_dir.or(f.state_dir),
             speed_limit: a.speed_limit.or(f.speed_limit).map(|r| r.0),
             heartbeat_interval,
             heartbeat_timeout,
@@ -345,6 +351,8 @@ pub struct ClientConfig {
     pub tls: bool,
     pub tls_ca: Option<PathBuf>,
     pub tls_server_name: Option<String>,
+    /// Accept exactly this server certificate (no CA, no name check).
+    pub tls_fingerprint: Option<Fingerprint>,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub reconnect_max: Duration,
@@ -399,6 +407,11 @@ impl ClientConfig {
             a.heartbeat_timeout.or(f.heartbeat_timeout),
         )?;
         let tls_ca = a.tls_ca.or(f.tls_ca);
+        let tls_fingerprint = match (a.tls_fingerprint, f.tls_fingerprint) {
+            (Some(fp), _) => Some(fp),
+            (None, Some(s)) => Some(s.parse::<Fingerprint>()?),
+            (None, None) => None,
+        };
         let user = a.user.or(f.user).filter(|u| !u.is_empty());
         if let Some(u) = &user {
             if u.len() > crate::protocol::MAX_USER_NAME {
@@ -419,9 +432,10 @@ impl ClientConfig {
                 .filter(|t| !t.is_empty())
                 .map(Token::new),
             forwards,
-            tls: a.tls || f.tls.unwrap_or(false) || tls_ca.is_some(),
+            tls: a.tls || f.tls.unwrap_or(false) || tls_ca.is_some() || tls_fingerprint.is_some(),
             tls_ca,
             tls_server_name: a.tls_server_name.or(f.tls_server_name),
+            tls_fingerprint,
             heartbeat_interval,
             heartbeat_timeout,
             reconnect_max: a

@@ -15,6 +15,7 @@ mod udp;
 mod users;
 
 use crate::config::ServerConfig;
+use crate::transport::selfsigned;
 use crate::transport::tls::{self, TlsAcceptor};
 use crate::transport::{tcp as tcp_opts, BatchIo};
 use state::State;
@@ -86,11 +87,25 @@ impl Server {
                 .ok(),
             None => None,
         };
+        let mut fingerprint = None;
         let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key).map_err(ServerError::Config)?),
+            (Some(cert), Some(key)) => {
+                if config.tls_self_signed {
+                    warn!("tls-cert and tls-key are set: tls-self-signed is ignored");
+                }
+                Some(tls::acceptor(cert, key).map_err(ServerError::Config)?)
+            }
+            _ if config.tls_self_signed => {
+                let dir = selfsigned::state_dir(config.state_dir.as_deref())
+                    .map_err(ServerError::Config)?;
+                let (cert, key, fp) = selfsigned::ensure(&dir).map_err(ServerError::Config)?;
+                fingerprint = Some(fp.to_string());
+                Some(tls::acceptor(&cert, &key).map_err(ServerError::Config)?)
+            }
             _ => None,
         };
         let mut state = State::new(config);
+        state.tls_fingerprint = fingerprint;
         if let Some(a) = accounts {
             state = state.with_accounts(a);
         }
@@ -100,6 +115,11 @@ impl Server {
             tls,
             hangup: std::sync::Mutex::new(hangup),
         })
+    }
+
+    /// `sha256:HEX` of the certificate made with `--tls-self-signed`.
+    pub fn tls_fingerprint(&self) -> Option<&str> {
+        self.state.tls_fingerprint.as_deref()
     }
 
     /// The live state (sessions, tunnels, counters), for the admin server and tests.

@@ -184,6 +184,8 @@ pub struct State {
     pub accounts: Option<Arc<crate::accounts::Accounts>>,
     /// Failed logins per source address.
     pub logins: crate::accounts::throttle::LoginThrottle,
+    /// `sha256:HEX` of the server's own certificate (`--tls-self-signed`).
+    pub tls_fingerprint: Option<String>,
 }
 
 /// Marker in the port map for a port being bound but not yet owned by a tunnel.
@@ -203,6 +205,7 @@ impl State {
             inner: Mutex::default(),
             accounts: None,
             logins: Default::default(),
+            tls_fingerprint: None,
         }
     }
 

@@ -8,6 +8,7 @@ pub mod bufio;
 pub mod datagram;
 pub mod mux;
 pub mod peers;
+pub mod selfsigned;
 pub mod splice;
 pub mod tcp;
 pub mod tls;
