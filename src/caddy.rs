@@ -222,7 +222,7 @@ impl Caddy {
     }
 
     /// Inserts `value` (whose `@id` is `id`) at the front of the array at `path`,
-    /// creating the array when absent. `parent`, when given, must exist (a server is
+    /// creating the array when absent and appending when it is empty. `parent`, when given, must exist (a server is
     /// never created here).
     async fn insert_first(
         &self,
@@ -234,6 +234,13 @@ impl Caddy {
         let mut last = None;
         for _ in 0..INSERT_ATTEMPTS {
             let put = match self.api.get_json_or_null(path).await? {
+                // Caddy 2.6 refuses `PUT …/0` on an empty array ("index out of
+                // bounds"); appending to it puts the value first all the same. Should
+                // another writer fill the array between our GET and POST, ours lands
+                // after theirs: still present exactly once, only not first.
+                Value::Array(a) if a.is_empty() => {
+                    self.api.call(Method::POST, path, Some(value)).await
+                }
                 Value::Array(_) => {
                     self.api
                         .call(Method::PUT, &format!("{path}/0"), Some(value))

@@ -108,3 +108,46 @@ fn version_names_the_protocol() {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want);
     }
 }
+
+// --- the README's two commands --------------------------------------------------------------
+
+/// The commands of the README's first code block, comments stripped.
+fn readme_commands() -> Vec<String> {
+    let readme = read("README.md");
+    let block = readme
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the README opens with a sh code block");
+    block
+        .lines()
+        .map(|l| l.split(" #").next().unwrap_or("").trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[test]
+fn ci_runs_exactly_the_readmes_test_command() {
+    let commands = readme_commands();
+    assert_eq!(commands.len(), 2, "the demo and the tests: {commands:?}");
+    let test = &commands[1];
+    // The test command installs what the tests need: plain `cargo test` does not.
+    assert_eq!(test, "bash scripts/test.sh");
+    let ci = read(".ci/run");
+    let last = ci.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    assert_eq!(last.trim(), format!("exec {test}"), ".ci/run:\n{ci}");
+    // Every Debian package it installs is named in the README next to it.
+    let script = read("scripts/test.sh");
+    let list = script
+        .lines()
+        .find_map(|l| l.strip_prefix("packages=("))
+        .and_then(|l| l.strip_suffix(')'))
+        .expect("scripts/test.sh names its packages");
+    let readme = read("README.md");
+    for p in list.split_whitespace() {
+        assert!(
+            readme.contains(&format!("`{p}`")),
+            "README does not name {p}"
+        );
+    }
+}

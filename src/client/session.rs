@@ -61,6 +61,14 @@ pub(crate) fn tls_connector(config: &ClientConfig) -> Result<Option<TlsConnector
         .map_err(ClientError::Tls)
 }
 
+/// Where the client's trust in the server's certificate comes from.
+fn trust(config: &ClientConfig) -> tls::Trust {
+    match &config.tls_ca {
+        Some(f) => tls::Trust::CaFile(f.clone()),
+        None => tls::Trust::SystemRoots,
+    }
+}
+
 pub(crate) async fn run_once(
     ctx: SessionCtx<'_>,
     forwards: &mut [ForwardState],
@@ -86,7 +94,7 @@ pub(crate) async fn run_once(
     let name = tls::server_name(&name).map_err(ClientError::Tls)?;
     match timeout(CONNECT_TIMEOUT, connector.connect(name, tcp)).await {
         Ok(Ok(s)) => serve(ctx, forwards, BatchIo::new(s)).await,
-        Ok(Err(e)) => match tls::explain_client_error(&e) {
+        Ok(Err(e)) => match tls::explain_client_error(&e, &trust(ctx.config)) {
             (why, true) => Err(ClientError::Tls(why)),
             (why, false) => lost(why),
         },

@@ -201,7 +201,8 @@ pub struct PipecRunArgs {
     /// Connect to the server over TLS.
     #[arg(long)]
     pub tls: bool,
-    /// PEM CA certificate(s) to trust instead of the system roots (implies --tls).
+    /// PEM CA certificate(s) to trust instead of the system roots, or the server's own
+    /// self-signed certificate (implies --tls).
     #[arg(long)]
     pub tls_ca: Option<PathBuf>,
     /// Name to verify in the server certificate [default: the --server host]

@@ -12,6 +12,7 @@ pub mod selfsigned;
 pub mod splice;
 pub mod tcp;
 pub mod tls;
+pub mod verify;
 
 pub use bufio::BatchIo;
 pub use mux::{Mux, MuxError, MuxStream};

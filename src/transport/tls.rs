@@ -3,6 +3,8 @@
 //! Owns loading certificates and keys and building acceptors and connectors. The
 //! handshakes themselves run in each connection's task, under the login timeout.
 
+pub use super::verify::Trust;
+use super::verify::{explain_certificate, ServerVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::path::Path;
@@ -45,15 +47,18 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
 
-/// A TLS connector that trusts `ca` (PEM) or, without it, the system's roots.
+/// A TLS connector that trusts `ca` (PEM: CA certificates, or the server's own
+/// self-signed certificate) or, without it, the system's roots.
 pub fn connector(ca: Option<&Path>) -> Result<TlsConnector, String> {
     let mut roots = rustls::RootCertStore::empty();
+    let mut pinned = Vec::new();
     match ca {
         Some(path) => {
             for c in load_certs(path)? {
                 roots
-                    .add(c)
+                    .add(c.clone())
                     .map_err(|e| format!("bad CA certificate in {}: {e}", path.display()))?;
+                pinned.push(c);
             }
         }
         None => {
@@ -66,10 +71,16 @@ pub fn connector(ca: Option<&Path>) -> Result<TlsConnector, String> {
             }
         }
     }
+    let by_roots =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| format!("cannot use the trusted certificates: {e}"))?;
+    let verifier = ServerVerifier::new(by_roots, &pinned, ca.unwrap_or(Path::new("")))?;
     let cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     Ok(TlsConnector::from(Arc::new(cfg)))
 }
@@ -93,27 +104,11 @@ pub fn server_name(name: &str) -> Result<ServerName<'static>, String> {
 }
 
 /// Explains a failed client handshake in words a user can act on, and says whether
-/// retrying could help (a network blip) or not (trust or protocol mismatch).
-pub fn explain_client_error(e: &std::io::Error) -> (String, bool) {
+/// it is final (trust or protocol mismatch: `true`) or a network blip worth a retry.
+pub fn explain_client_error(e: &std::io::Error, trust: &Trust) -> (String, bool) {
     let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
     match inner {
-        Some(rustls::Error::InvalidCertificate(c)) => {
-            let why = match c {
-                rustls::CertificateError::UnknownIssuer => {
-                    "the server's certificate is not signed by a trusted CA (pass --tls-ca?)"
-                        .to_string()
-                }
-                rustls::CertificateError::NotValidForName
-                | rustls::CertificateError::NotValidForNameContext { .. } => {
-                    "the server's certificate does not match its name (see --tls-server-name)"
-                        .to_string()
-                }
-                // The pinned fingerprint's refusal names both fingerprints.
-                rustls::CertificateError::Other(e) => e.to_string(),
-                other => format!("the server's certificate was rejected: {other:?}"),
-            };
-            (why, true)
-        }
+        Some(rustls::Error::InvalidCertificate(c)) => (explain_certificate(c, trust), true),
         Some(rustls::Error::AlertReceived(_)) | Some(rustls::Error::InvalidMessage(_)) => (
             format!("TLS handshake failed ({e}): is the server running without TLS?"),
             true,

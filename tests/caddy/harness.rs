@@ -47,8 +47,27 @@ pub fn unique_port() -> u16 {
 pub struct Opts {
     /// Leave `srv0` without a `routes` array (no catch-all).
     pub no_catch_all: bool,
+    /// Declare `srv0` with `"routes": []` (what Caddy keeps after the last route is
+    /// deleted).
+    pub empty_routes: bool,
     /// Issue certificates on demand, asking this URL first (piped's `/caddy/ask`).
     pub on_demand_ask: Option<String>,
+    /// How the TLS automation policies look (without on-demand TLS).
+    pub policies: Policies,
+}
+
+/// The TLS app's automation policies of the test Caddy.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+pub enum Policies {
+    /// One catch-all policy with the internal issuer, which gets the wildcard.
+    #[default]
+    CatchAll,
+    /// A policy for another host first, then the catch-all: a config that already
+    /// manages certificates of its own.
+    Two,
+    /// `"policies": []`; the wildcard certificate is made by openssl and loaded from
+    /// files, so nothing is automated at all.
+    Empty,
 }
 
 /// A Caddy process with its admin API and one HTTPS server `srv0`, killed on drop.
@@ -117,15 +136,65 @@ fn config(dir: &std::path::Path, admin: u16, https: u16, http: u16, opts: &Opts)
             config["apps"]["tls"]["certificates"] = json!({ "automate": [format!("*.{DOMAIN}")] });
             config["apps"]["http"]["servers"]["srv0"]["automatic_https"]["disable_certificates"] =
                 json!(true);
+            let internal = json!([{ "module": "internal" }]);
+            match opts.policies {
+                Policies::CatchAll => {}
+                Policies::Two => {
+                    config["apps"]["tls"]["automation"]["policies"] = json!([
+                        { "subjects": [format!("other.{DOMAIN}")], "issuers": internal },
+                        { "issuers": internal },
+                    ]);
+                }
+                Policies::Empty => {
+                    let (cert, key) = wildcard_files(dir);
+                    config["apps"]["tls"]["automation"]["policies"] = json!([]);
+                    config["apps"]["tls"]["certificates"] =
+                        json!({ "load_files": [{ "certificate": cert, "key": key }] });
+                }
+            }
         }
     }
-    if !opts.no_catch_all {
+    if opts.empty_routes {
+        config["apps"]["http"]["servers"]["srv0"]["routes"] = json!([]);
+    } else if !opts.no_catch_all {
         // The route ours must precede.
         config["apps"]["http"]["servers"]["srv0"]["routes"] = json!([{ "handle": [{
             "handler": "static_response", "status_code": 404, "body": NO_TUNNEL
         }]}]);
     }
     config
+}
+
+/// A self-signed certificate for `*.DOMAIN` made by the openssl command line, as
+/// files in `dir`: (certificate, key).
+fn wildcard_files(dir: &std::path::Path) -> (String, String) {
+    let (cert, key) = (dir.join("wildcard.pem"), dir.join("wildcard.key"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj"])
+        .arg(format!("/CN=*.{DOMAIN}"))
+        .arg("-addext")
+        .arg(format!("subjectAltName=DNS:*.{DOMAIN}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
+    (s(cert), s(key))
 }
 
 impl Caddy {

@@ -273,3 +273,63 @@ async fn on_demand_tls_asks_piped_and_gets_certificates_for_live_tunnels_only() 
     assert_eq!(ask("od.example.test"), "200");
     assert_eq!(ask("nope.example.test"), "404");
 }
+
+/// Publishes `http:LOCAL:SUB` with a TLS policy into a Caddy started with `opts`,
+/// checks that visitors reach the local service and that ours comes first in both
+/// arrays, stops the client, and checks that both arrays are as they were.
+async fn publish_and_restore(opts: Opts, sub: &str) {
+    let caddy = Caddy::start_with(opts);
+    let routes = "/config/apps/http/servers/srv0/routes";
+    let policies = "/config/apps/tls/automation/policies";
+    let (routes_before, policies_before) = (caddy.get(routes), caddy.get(policies));
+    let body = format!("served for {sub}");
+    let local = file_server(Arc::new(body.clone().into_bytes())).await;
+    let server = caddy.piped(&["--caddy-tls-policy"]);
+    let mut c = pipec_http(server.addr, &["--forward", &format!("http:{local}:{sub}")]);
+
+    let host = format!("{sub}.{DOMAIN}");
+    assert_eq!(caddy.fetch_ok(&host, "/").await, body.as_bytes());
+    let live_routes = caddy.get(routes);
+    let live_policies = caddy.get(policies);
+    let n = |v: &serde_json::Value| v.as_array().map_or(0, Vec::len);
+    assert_eq!(n(&live_routes), n(&routes_before) + 1, "{live_routes}");
+    assert_eq!(
+        n(&live_policies),
+        n(&policies_before) + 1,
+        "{live_policies}"
+    );
+    assert_eq!(live_routes[0]["match"], json!([{ "host": [host] }]));
+    assert_eq!(live_policies[0]["subjects"], json!([host]));
+    // What was there before is still there, in the same order, after ours.
+    assert_eq!(
+        live_policies.as_array().unwrap()[1..],
+        policies_before.as_array().unwrap()[..]
+    );
+
+    c.proc.signal("TERM");
+    assert_eq!(c.proc.wait_exit(WAIT), 0);
+    wait_gone(&caddy, "after SIGTERM").await;
+    assert_eq!(caddy.get(routes), routes_before);
+    assert_eq!(caddy.get(policies), policies_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_an_empty_routes_array_gets_its_first_route() {
+    // `"routes": []` and `"policies": []`: Caddy 2.6 refuses `PUT …/0` on both.
+    let opts = Opts {
+        empty_routes: true,
+        policies: Policies::Empty,
+        ..Opts::default()
+    };
+    publish_and_restore(opts, "empty").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tls_policies_keep_their_order_around_ours() {
+    let opts = Opts {
+        empty_routes: true,
+        policies: Policies::Two,
+        ..Opts::default()
+    };
+    publish_and_restore(opts, "twopol").await;
+}
