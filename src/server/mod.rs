@@ -6,6 +6,7 @@
 //! deadline, then ends every session.
 
 mod http;
+mod login;
 mod pending;
 mod ports;
 mod session;

@@ -1,11 +1,12 @@
 //! One client session: the login under a timeout, then the control loop that opens
 //! and closes tunnels, exchanges heartbeats, and releases everything at the end.
 
-use super::state::Owner;
+use super::login::{audit_login, close_refused, login_failed, register, AUDIT};
 use super::state::{SessionEvent, SessionInfo, TunnelInfo, TunnelStats};
+use super::users::check_rights;
 use super::{tcp as tcp_tunnel, Ctx};
-use crate::accounts::{proof, throttle, User};
-use crate::auth::{server_handshake_named, ClientLogin, Credentials, LoginError};
+use crate::accounts::{throttle, User};
+use crate::auth::{server_handshake_named, Credentials, LoginError};
 use crate::config::PortSet;
 use crate::limit::{lower_limit, RateLimiter};
 use crate::protocol::{
@@ -21,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::{timeout, Instant};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
@@ -29,18 +29,8 @@ use tracing::{debug, info, warn, Instrument};
 const STREAM_HEADROOM: usize = 8;
 /// How long a closing session may take to flush its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-/// How long a new session waits for the old session of the same client to let go.
+/// How long a closing session waits for its tunnels to release their ports.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
-/// The tracing target of the audit trail: one line per login and per forward.
-pub const AUDIT: &str = "pipe::audit";
-/// A login whose client id is held by a live session it cannot prove it owns.
-const TAKEN_CLIENT_ID: &str =
-    "this client id belongs to a live session that this login cannot prove it owns";
-/// A first login whose proof does not belong to its client id.
-const BAD_PROOF: &str = "the login's proof does not match its client id";
-/// Random characters after a user's wildcard prefix (36^8 names: collisions are rare
-/// enough for the claim's own "taken" answer to handle).
-const RANDOM_SUBDOMAIN_TAIL: usize = 8;
 
 /// Serves one accepted control connection from login to teardown. The login must be
 /// done by `deadline`; with `refusal` set, the login is refused with that reason.
@@ -162,125 +152,6 @@ pub async fn serve<IO>(
     .await;
     ctx.state.remove_session(session.id);
     session.closed.cancel();
-}
-
-/// Lets a login refusal reach the client, then ends the connection.
-async fn close_refused(
-    mut ctl: MessageStream<MuxStream>,
-    stop: &CancellationToken,
-    driver: &mut mux::DriverTask,
-) {
-    let _ = timeout(CLOSE_GRACE, ctl.close()).await;
-    stop.cancel();
-    let _ = timeout(CLOSE_GRACE, driver.finished()).await;
-}
-
-/// One audit line per login: who, from where, and what came of it.
-fn audit_login(user: Option<&str>, client: SocketAddr, outcome: &str) {
-    info!(target: AUDIT, user = user.unwrap_or("-"), %client, outcome, "login");
-}
-
-/// Counts a failed login against its address; says so once when it starts cooling off.
-fn login_failed(ctx: &Ctx, peer: SocketAddr) {
-    if ctx.state.logins.failed(peer.ip()) {
-        warn!(
-            target: AUDIT,
-            client = %peer.ip(),
-            cool_off = ?throttle::COOL_OFF,
-            "too many failed logins from this address; refusing its logins for the cool-off"
-        );
-    }
-}
-
-/// Registers the session after ending any earlier session of the same client, whose
-/// ports are then free for this one to claim; or says why not. Only the same user's
-/// client that proves the next link of its chain may take over (`accounts::proof`).
-async fn register(
-    ctx: &Ctx,
-    who: &ClientLogin,
-    peer: SocketAddr,
-    stop: CancellationToken,
-) -> Result<(Arc<SessionInfo>, mpsc::UnboundedReceiver<SessionEvent>), String> {
-    let owner = Owner {
-        user: who.user.as_deref().map(Arc::from),
-        client_id: who.client_id,
-    };
-    let old = ctx.state.sessions_of_client(&who.client_id, 0);
-    let proven = if old.is_empty() {
-        proof::binds_to_id(&who.proof, &who.client_id)
-    } else {
-        old.iter()
-            .all(|s| s.owner.user == owner.user && proof::follows(&who.proof, &s.proof))
-    };
-    if !proven {
-        ctx.state
-            .stats
-            .auth_failures
-            .bad_proof
-            .fetch_add(1, Relaxed);
-        login_failed(ctx, peer);
-        return Err(if old.is_empty() {
-            BAD_PROOF.to_string()
-        } else {
-            TAKEN_CLIENT_ID.to_string()
-        });
-    }
-    let max = ctx.state.config.max_sessions;
-    let held = ctx.state.sessions_of_user(owner.user.as_deref()).len() - old.len();
-    if held >= max {
-        return Err(format!(
-            "{} already has {held} sessions (the limit is {max})",
-            owner.user.as_deref().unwrap_or("this token")
-        ));
-    }
-    for s in &old {
-        info!(
-            old_session = s.id,
-            "client reconnected; ending its previous session"
-        );
-        s.stop.cancel();
-    }
-    for s in &old {
-        let _ = timeout(TAKEOVER_WAIT, s.closed.cancelled()).await;
-    }
-    let (events, events_rx) = mpsc::unbounded_channel();
-    let info = Arc::new(SessionInfo {
-        id: ctx.state.next_id(),
-        owner,
-        proof: who.proof,
-        addr: peer,
-        since: SystemTime::now(),
-        software: who.software.clone(),
-        stop,
-        closed: CancellationToken::new(),
-        events,
-    });
-    ctx.state.add_session(info.clone());
-    Ok((info, events_rx))
-}
-
-/// Checks a forward against a user's rights; a random subdomain is drawn from the
-/// user's wildcard here, so the http module needs no notion of users.
-fn check_rights(u: &User, req: &mut ForwardRequest) -> Result<(), String> {
-    match req.proto {
-        Proto::Http => match &req.subdomain {
-            Some(sub) => u.check_subdomain(sub),
-            None => {
-                let prefix = u.random_subdomain_prefix()?;
-                req.subdomain = Some(format!(
-                    "{prefix}{}",
-                    crate::caddy::random_label(RANDOM_SUBDOMAIN_TAIL)
-                ));
-                Ok(())
-            }
-        },
-        Proto::Tcp | Proto::Udp if req.remote_port != 0 => u.check_port(req.remote_port),
-        Proto::Tcp | Proto::Udp if u.ports.is_none() => Err(format!(
-            "{} has no ports (give ports in the users file)",
-            u.name
-        )),
-        Proto::Tcp | Proto::Udp => Ok(()),
-    }
 }
 
 async fn send<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(

@@ -2,12 +2,13 @@
 //! file (or a token file) changes, then end the sessions of users whose token changed
 //! or who are gone, and close the tunnels that fall outside narrowed rights.
 //!
-//! Owns what a reload does to live sessions; the file format and the comparison of
+//! Owns what a reload does to live sessions and the check of a forward against a
+//! user's rights; the file format and the comparison of
 //! two tables are `crate::accounts`.
 
 use super::state::{State, TunnelInfo};
 use crate::accounts::{token_bits, Change, User, MIN_TOKEN_BITS};
-use crate::protocol::Proto;
+use crate::protocol::{ForwardRequest, Proto};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::Signal;
@@ -17,6 +18,34 @@ use tracing::{info, warn};
 /// How often the file is read for changes: an edit takes effect within this (plus the
 /// time to end sessions), inside the one second the contract allows.
 const POLL_EVERY: Duration = Duration::from_millis(500);
+
+/// Random characters after a user's wildcard prefix (36^8 names: collisions are rare
+/// enough for the claim's own "taken" answer to handle).
+const RANDOM_SUBDOMAIN_TAIL: usize = 8;
+
+/// Checks a forward against a user's rights; a random subdomain is drawn from the
+/// user's wildcard here, so the http module needs no notion of users.
+pub(super) fn check_rights(u: &User, req: &mut ForwardRequest) -> Result<(), String> {
+    match req.proto {
+        Proto::Http => match &req.subdomain {
+            Some(sub) => u.check_subdomain(sub),
+            None => {
+                let prefix = u.random_subdomain_prefix()?;
+                req.subdomain = Some(format!(
+                    "{prefix}{}",
+                    crate::caddy::random_label(RANDOM_SUBDOMAIN_TAIL)
+                ));
+                Ok(())
+            }
+        },
+        Proto::Tcp | Proto::Udp if req.remote_port != 0 => u.check_port(req.remote_port),
+        Proto::Tcp | Proto::Udp if u.ports.is_none() => Err(format!(
+            "{} has no ports (give ports in the users file)",
+            u.name
+        )),
+        Proto::Tcp | Proto::Udp => Ok(()),
+    }
+}
 
 /// Warns about tokens short enough to guess offline from one captured login.
 pub fn warn_weak_tokens(state: &State) {
