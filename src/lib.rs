@@ -12,6 +12,7 @@ pub mod admin;
 pub mod auth;
 pub mod caddy;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod limit;
 pub mod logging;

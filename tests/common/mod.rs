@@ -8,6 +8,7 @@ pub mod certs;
 pub mod http;
 pub mod login;
 pub mod proxy;
+pub mod redis;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

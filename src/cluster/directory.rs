@@ -1,0 +1,178 @@
+//! What the rest of the server asks of the directory, whichever one is behind it.
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// Longest a directory call may take before it counts as unavailable: a visitor or
+/// a Forward waits on it. Redis on the same network answers in well under a
+/// millisecond; one second also covers a managed Redis across a region.
+pub const DIR_CALL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Something unique across the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ClaimKey {
+    Tcp(u16),
+    Udp(u16),
+    Subdomain(String),
+}
+
+impl ClaimKey {
+    /// The key's name in the directory (`tcp:9000`, `udp:5353`, `sub:myapp`).
+    pub fn name(&self) -> String {
+        match self {
+            ClaimKey::Tcp(p) => format!("tcp:{p}"),
+            ClaimKey::Udp(p) => format!("udp:{p}"),
+            ClaimKey::Subdomain(s) => format!("sub:{s}"),
+        }
+    }
+
+    /// The inverse of [`ClaimKey::name`]; `None` for anything else.
+    pub fn parse(name: &str) -> Option<ClaimKey> {
+        let (kind, rest) = name.split_once(':')?;
+        match kind {
+            "tcp" => rest.parse().ok().map(ClaimKey::Tcp),
+            "udp" => rest.parse().ok().map(ClaimKey::Udp),
+            "sub" if crate::config::valid_subdomain(rest) => {
+                Some(ClaimKey::Subdomain(rest.to_string()))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ClaimKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClaimKey::Tcp(p) => write!(f, "port {p}"),
+            ClaimKey::Udp(p) => write!(f, "udp port {p}"),
+            ClaimKey::Subdomain(s) => write!(f, "subdomain {s}"),
+        }
+    }
+}
+
+/// Who holds a claim: the node serving it, and the owner behind it (a user and the
+/// client that proved its secret), so the owner's reconnect to any node takes it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub node: String,
+    /// Opaque to the directory; equal owners may take over each other's claims.
+    pub owner: String,
+    /// The holding node's tunnel id, so the node can tell two claims of one owner apart.
+    pub tunnel: u64,
+}
+
+/// The answer to a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// The claim is ours, under a fresh lease (taken over, when the same owner held it).
+    Granted,
+    /// Another owner holds it.
+    Taken(Holder),
+}
+
+/// A node of the cluster, as it registers itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    /// Where other nodes dial its peer listener.
+    pub peer: String,
+    /// Unix seconds of its last registration.
+    pub seen: u64,
+}
+
+/// What changed in the directory, for nodes that listen on every claimed port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirEvent {
+    Claimed(ClaimKey, Holder),
+    Released(ClaimKey),
+    /// Events may have been missed (the directory was unreachable): read it whole.
+    Resync,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DirError {
+    /// An outage: the directory cannot be reached or did not answer in time.
+    #[error("cluster directory unavailable")]
+    Unavailable { detail: String },
+    /// The directory holds something we did not write (our bug, or a foreign writer).
+    #[error("cluster directory holds an unreadable entry")]
+    Corrupt { detail: String },
+}
+
+/// The directory of claims and nodes. Calls are bounded by [`DIR_CALL_TIMEOUT`].
+pub trait Directory: Send + Sync {
+    /// Takes `key` for `holder` under a lease of `lease`, unless another owner holds it.
+    fn claim<'a>(
+        &'a self,
+        key: &'a ClaimKey,
+        holder: &'a Holder,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Claimed, DirError>>;
+
+    /// Extends the lease if `holder` still holds `key`; `false` when it does not.
+    fn renew<'a>(
+        &'a self,
+        key: &'a ClaimKey,
+        holder: &'a Holder,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, DirError>>;
+
+    /// Frees `key` if `holder` holds it (compare-and-delete); `false` when it did not.
+    fn release<'a>(
+        &'a self,
+        key: &'a ClaimKey,
+        holder: &'a Holder,
+    ) -> BoxFuture<'a, Result<bool, DirError>>;
+
+    fn lookup<'a>(&'a self, key: &'a ClaimKey) -> BoxFuture<'a, Result<Option<Holder>, DirError>>;
+
+    /// Every live claim (for a reconcile after [`DirEvent::Resync`], and periodically).
+    fn claims(&self) -> BoxFuture<'_, Result<Vec<(ClaimKey, Holder)>, DirError>>;
+
+    /// Registers or refreshes a node under a lease.
+    fn register_node<'a>(
+        &'a self,
+        node: &'a NodeInfo,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<(), DirError>>;
+
+    /// The nodes whose registration has not expired.
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, DirError>>;
+
+    /// Changes as they happen. A receiver that lags gets `RecvError::Lagged` and must
+    /// read the directory whole, as after [`DirEvent::Resync`].
+    fn subscribe(&self) -> broadcast::Receiver<DirEvent>;
+}
+
+/// How many events a slow subscriber may fall behind before it must resync.
+pub(super) const EVENT_BACKLOG: usize = 4096;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names_round_trip_and_refuse_anything_else() {
+        for k in [
+            ClaimKey::Tcp(9000),
+            ClaimKey::Udp(53),
+            ClaimKey::Subdomain("my-app".into()),
+        ] {
+            assert_eq!(ClaimKey::parse(&k.name()), Some(k));
+        }
+        for bad in [
+            "tcp:",
+            "tcp:70000",
+            "sub:Bad_Name",
+            "sub:a.b",
+            "x:1",
+            "",
+            "tcp",
+        ] {
+            assert_eq!(ClaimKey::parse(bad), None, "{bad:?}");
+        }
+    }
+}
