@@ -43,6 +43,11 @@ RUN apt-get update \
         --home-dir /nonexistent --shell /usr/sbin/nologin pipe
 COPY --from=build /out/piped /out/pipec /usr/local/bin/
 
+# The state directory (the --tls-self-signed key and certificate): mount a volume
+# here so they survive a new container.
+RUN install -d -m 0700 -o pipe -g pipe /var/lib/pipe
+ENV STATE_DIRECTORY=/var/lib/pipe
+VOLUME /var/lib/pipe
 USER pipe:pipe
 EXPOSE 8910/tcp 8911/tcp 20000-20099/tcp 20000-20099/udp
 # /healthz answers 200 "ok" without the admin token; a hung or dead piped is marked

@@ -1,12 +1,16 @@
 //! Login: HMAC-SHA256 challenge-response over a fresh server nonce.
 //!
 //! Owns the handshake on the control stream (Hello → ServerHello → Login → LoginOk) and
-//! the shared secret type. It does not own timeouts or connection caps: the server
-//! wraps `server_handshake` in its login timeout.
+//! the shared secret type. With a users file the login names its user and is checked
+//! against that user's token; an unknown user is checked against a throwaway token, so
+//! it costs the same as a wrong one. It does not own timeouts, connection caps or the
+//! takeover rule: the server wraps `server_handshake` in its login timeout and judges
+//! the proof the login carries (`accounts::proof`).
 
+use crate::accounts::proof::ClientKey;
 use crate::protocol::{
     ClientMsg, CodecError, Hello, MessageStream, ServerHello, ServerMsg, CLIENT_ID_LEN, MAGIC,
-    NONCE_LEN, PROTOCOL_VERSION,
+    MAX_USER_NAME, NONCE_LEN, PROOF_LEN, PROTOCOL_VERSION,
 };
 use hmac::{KeyInit, Mac};
 use rand::RngCore;
@@ -22,6 +26,11 @@ pub struct Token(String);
 impl Token {
     pub fn new(s: impl Into<String>) -> Self {
         Token(s.into())
+    }
+
+    /// The secret itself, for the strength check at start; never log it.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
     }
 
     /// Constant-time check of a presented secret (the admin's bearer token).
@@ -61,38 +70,39 @@ pub fn new_nonce() -> [u8; NONCE_LEN] {
     n
 }
 
-/// A fresh random client id.
-pub fn new_client_id() -> [u8; CLIENT_ID_LEN] {
-    let mut n = [0u8; CLIENT_ID_LEN];
-    rand::rng().fill_bytes(&mut n);
-    n
-}
-
-fn mac_for(token: &Token, nonce: &[u8; NONCE_LEN], client_id: &[u8; CLIENT_ID_LEN]) -> HmacSha256 {
+fn mac_for(
+    token: &Token,
+    nonce: &[u8; NONCE_LEN],
+    client_id: &[u8; CLIENT_ID_LEN],
+    user: Option<&str>,
+) -> HmacSha256 {
     // HMAC takes keys of any length, so this cannot fail.
     let mut mac = <HmacSha256 as KeyInit>::new_from_slice(token.0.as_bytes())
         .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
     mac.update(nonce);
     mac.update(client_id);
+    mac.update(user.unwrap_or("").as_bytes());
     mac
 }
 
-/// The login tag: HMAC-SHA256(token, nonce || client_id).
+/// The login tag: HMAC-SHA256(token, nonce || client_id || user).
 ///
 /// ```
 /// use pipe::auth::{sign, verify, Token};
 /// let t = Token::new("s3cret");
-/// let tag = sign(&t, &[7; 32], &[1; 16]);
-/// assert!(verify(&t, &[7; 32], &[1; 16], &tag));
-/// assert!(!verify(&t, &[8; 32], &[1; 16], &tag));
-/// assert!(!verify(&Token::new("other"), &[7; 32], &[1; 16], &tag));
+/// let tag = sign(&t, &[7; 32], &[1; 16], Some("alice"));
+/// assert!(verify(&t, &[7; 32], &[1; 16], Some("alice"), &tag));
+/// assert!(!verify(&t, &[7; 32], &[1; 16], Some("bob"), &tag));
+/// assert!(!verify(&t, &[8; 32], &[1; 16], Some("alice"), &tag));
+/// assert!(!verify(&Token::new("other"), &[7; 32], &[1; 16], Some("alice"), &tag));
 /// ```
 pub fn sign(
     token: &Token,
     nonce: &[u8; NONCE_LEN],
     client_id: &[u8; CLIENT_ID_LEN],
+    user: Option<&str>,
 ) -> [u8; NONCE_LEN] {
-    mac_for(token, nonce, client_id)
+    mac_for(token, nonce, client_id, user)
         .finalize()
         .into_bytes()
         .into()
@@ -103,9 +113,39 @@ pub fn verify(
     token: &Token,
     nonce: &[u8; NONCE_LEN],
     client_id: &[u8; CLIENT_ID_LEN],
+    user: Option<&str>,
     tag: &[u8; NONCE_LEN],
 ) -> bool {
-    mac_for(token, nonce, client_id).verify_slice(tag).is_ok()
+    mac_for(token, nonce, client_id, user)
+        .verify_slice(tag)
+        .is_ok()
+}
+
+/// Where the server finds a named user's token.
+pub trait TokenLookup {
+    fn token_of(&self, user: &str) -> Option<&Token>;
+}
+
+/// What a login is checked against.
+#[derive(Clone, Copy)]
+pub enum Credentials<'a> {
+    /// No token: any client gets in.
+    Open,
+    /// One token for everyone (one implicit user).
+    Shared(&'a Token),
+    /// The users file: the login names its user; a login without a name is checked
+    /// against `shared` when there is one (the implicit user), else refused.
+    Users {
+        table: &'a (dyn TokenLookup + Sync),
+        shared: Option<&'a Token>,
+    },
+}
+
+/// The token an unknown user's login is checked against, so that it takes the same
+/// work as a wrong token: random per process, never matched by anyone.
+fn decoy_token() -> &'static Token {
+    static DECOY: std::sync::OnceLock<Token> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| Token::new(crate::accounts::new_token()))
 }
 
 /// Why a login failed, and whose fault it is.
@@ -118,6 +158,8 @@ pub enum LoginError {
     Version { server: u16, client: u16 },
     #[error("bad token: the login was refused (check --token / PIPE_TOKEN)")]
     BadToken,
+    #[error("bad user or token: the login was refused (check --user / PIPE_USER and --token / PIPE_TOKEN)")]
+    BadUserOrToken,
     #[error("server refused the login: {0}")]
     Refused(String),
     #[error("unexpected message during login")]
@@ -131,16 +173,21 @@ impl LoginError {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            LoginError::Version { .. } | LoginError::BadToken | LoginError::Refused(_)
+            LoginError::Version { .. }
+                | LoginError::BadToken
+                | LoginError::BadUserOrToken
+                | LoginError::Refused(_)
         )
     }
 }
 
-/// Client side of the login. Returns the session id.
+/// Client side of the login. Returns the session id. Each call spends one link of
+/// `key`'s proof chain, whether or not the login succeeds.
 pub async fn client_handshake<IO: AsyncRead + AsyncWrite + Unpin>(
     ctl: &mut MessageStream<IO>,
+    user: Option<&str>,
     token: Option<&Token>,
-    client_id: &[u8; CLIENT_ID_LEN],
+    key: &mut ClientKey,
 ) -> Result<u64, LoginError> {
     ctl.send(&Hello {
         magic: MAGIC,
@@ -161,18 +208,25 @@ pub async fn client_handshake<IO: AsyncRead + AsyncWrite + Unpin>(
     if let Some(reason) = hello.refusal {
         return Err(LoginError::Refused(reason));
     }
+    let proof = key.next_proof();
+    let client_id = key.id();
     let mac = match token {
-        Some(t) => sign(t, &hello.nonce, client_id),
+        Some(t) => sign(t, &hello.nonce, &client_id, user),
         None => [0; NONCE_LEN],
     };
     ctl.send(&ClientMsg::Login {
-        client_id: *client_id,
+        user: user.map(str::to_string),
+        client_id,
         mac,
+        proof,
     })
     .await?;
     match ctl.recv().await? {
         ServerMsg::LoginOk { session_id } => Ok(session_id),
         ServerMsg::LoginRefused { reason } if reason == BAD_TOKEN => Err(LoginError::BadToken),
+        ServerMsg::LoginRefused { reason } if reason == BAD_USER_OR_TOKEN => {
+            Err(LoginError::BadUserOrToken)
+        }
         ServerMsg::LoginRefused { reason } => Err(LoginError::Refused(reason)),
         _ => Err(LoginError::Unexpected),
     }
@@ -180,11 +234,20 @@ pub async fn client_handshake<IO: AsyncRead + AsyncWrite + Unpin>(
 
 /// The refusal text for a wrong token; the client maps it to `LoginError::BadToken`.
 pub const BAD_TOKEN: &str = "bad token";
+/// The refusal for an unknown user or a wrong token on a server with a users file; the
+/// same for both, so a refusal does not tell which names exist.
+pub const BAD_USER_OR_TOKEN: &str = "bad user or token";
+/// The refusal for a login without a user name on a server with a users file.
+pub const NEEDS_USER: &str = "this server has accounts: pass --user NAME (or PIPE_USER)";
 
 /// Who logged in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientLogin {
+    /// The user, on a server with a users file; `None` for the implicit user.
+    pub user: Option<String>,
     pub client_id: [u8; CLIENT_ID_LEN],
+    /// The link of the client's proof chain this login revealed.
+    pub proof: [u8; PROOF_LEN],
     /// The client's software version, as it says.
     pub software: String,
 }
@@ -194,8 +257,19 @@ pub struct ClientLogin {
 /// turned away with that reason right after its `Hello`.
 pub async fn server_handshake<IO: AsyncRead + AsyncWrite + Unpin>(
     ctl: &mut MessageStream<IO>,
-    token: Option<&Token>,
+    creds: Credentials<'_>,
     refusal: Option<&str>,
+) -> Result<ClientLogin, LoginError> {
+    server_handshake_named(ctl, creds, refusal, &mut None).await
+}
+
+/// `server_handshake` that also reports the user name a login asked for (peer input:
+/// at most `MAX_USER_NAME` characters are kept), refused or not, for the audit log.
+pub async fn server_handshake_named<IO: AsyncRead + AsyncWrite + Unpin>(
+    ctl: &mut MessageStream<IO>,
+    creds: Credentials<'_>,
+    refusal: Option<&str>,
+    asked: &mut Option<String>,
 ) -> Result<ClientLogin, LoginError> {
     let hello: Hello = ctl.recv().await.map_err(|e| match e {
         CodecError::Malformed(_) | CodecError::TooLarge { .. } => LoginError::NotPipe,
@@ -232,20 +306,60 @@ pub async fn server_handshake<IO: AsyncRead + AsyncWrite + Unpin>(
         refusal: None,
     })
     .await?;
-    let ClientMsg::Login { client_id, mac } = ctl.recv().await? else {
+    let ClientMsg::Login {
+        user,
+        client_id,
+        mac,
+        proof,
+    } = ctl.recv().await?
+    else {
         return Err(LoginError::Unexpected);
     };
-    if let Some(t) = token {
-        if !verify(t, &nonce, &client_id, &mac) {
-            ctl.send(&ServerMsg::LoginRefused {
-                reason: BAD_TOKEN.into(),
-            })
-            .await?;
-            return Err(LoginError::BadToken);
+    *asked = user
+        .as_deref()
+        .map(|u| u.chars().take(MAX_USER_NAME).collect());
+    let (user, err) = match (creds, user) {
+        (Credentials::Open, _) => (None, None),
+        (Credentials::Shared(t), user)
+        | (
+            Credentials::Users {
+                shared: Some(t), ..
+            },
+            user @ None,
+        ) => {
+            let ok = verify(t, &nonce, &client_id, user.as_deref(), &mac);
+            (None, (!ok).then_some((BAD_TOKEN, LoginError::BadToken)))
         }
+        (Credentials::Users { shared: None, .. }, None) => (
+            None,
+            Some((NEEDS_USER, LoginError::Refused(NEEDS_USER.into()))),
+        ),
+        (Credentials::Users { table, .. }, Some(name)) => {
+            let known = name.len() <= MAX_USER_NAME;
+            let token = known.then(|| table.token_of(&name)).flatten();
+            // The same HMAC either way: an unknown name costs what a wrong token costs.
+            let ok = verify(
+                token.unwrap_or_else(|| decoy_token()),
+                &nonce,
+                &client_id,
+                Some(&name),
+                &mac,
+            ) && token.is_some();
+            let err = (!ok).then_some((BAD_USER_OR_TOKEN, LoginError::BadUserOrToken));
+            (Some(name), err)
+        }
+    };
+    if let Some((reason, e)) = err {
+        ctl.send(&ServerMsg::LoginRefused {
+            reason: reason.into(),
+        })
+        .await?;
+        return Err(e);
     }
     Ok(ClientLogin {
+        user,
         client_id,
+        proof,
         software: hello.software,
     })
 }
@@ -271,11 +385,28 @@ mod tests {
         server_token: Option<&str>,
         client_token: Option<&str>,
     ) -> (Result<u64, LoginError>, Result<ClientLogin, LoginError>) {
-        let (mut c, mut s) = pair();
         let st = server_token.map(Token::new);
+        let creds = st.as_ref().map_or(Credentials::Open, Credentials::Shared);
+        login_as(creds, None, client_token).await
+    }
+
+    struct Table(Vec<(&'static str, Token)>);
+    impl TokenLookup for Table {
+        fn token_of(&self, user: &str) -> Option<&Token> {
+            self.0.iter().find(|(n, _)| *n == user).map(|(_, t)| t)
+        }
+    }
+
+    async fn login_as(
+        creds: Credentials<'_>,
+        user: Option<&str>,
+        client_token: Option<&str>,
+    ) -> (Result<u64, LoginError>, Result<ClientLogin, LoginError>) {
+        let (mut c, mut s) = pair();
         let ct = client_token.map(Token::new);
+        let mut key = ClientKey::generate();
         let server = async {
-            let r = server_handshake(&mut s, st.as_ref(), None).await;
+            let r = server_handshake(&mut s, creds, None).await;
             if r.is_ok() {
                 s.send(&ServerMsg::LoginOk { session_id: 42 })
                     .await
@@ -283,7 +414,7 @@ mod tests {
             }
             r
         };
-        let client = client_handshake(&mut c, ct.as_ref(), &[9; 16]);
+        let client = client_handshake(&mut c, user, ct.as_ref(), &mut key);
         tokio::join!(client, server)
     }
 
@@ -291,7 +422,40 @@ mod tests {
     async fn good_token_logs_in() {
         let (c, s) = login(Some("t"), Some("t")).await;
         assert_eq!(c.unwrap(), 42);
-        assert_eq!(s.unwrap().client_id, [9; 16]);
+        let who = s.unwrap();
+        assert!(crate::accounts::proof::binds_to_id(
+            &who.proof,
+            &who.client_id
+        ));
+        assert_eq!(who.user, None);
+    }
+
+    #[tokio::test]
+    async fn users_log_in_with_their_own_token_only() {
+        let table = Table(vec![("alice", Token::new("a")), ("bob", Token::new("b"))]);
+        let creds = Credentials::Users {
+            table: &table,
+            shared: None,
+        };
+        let (c, s) = login_as(creds, Some("alice"), Some("a")).await;
+        assert_eq!(c.unwrap(), 42);
+        assert_eq!(s.unwrap().user.as_deref(), Some("alice"));
+        for (user, token) in [("alice", "b"), ("bob", "a"), ("carol", "a")] {
+            let (c, s) = login_as(creds, Some(user), Some(token)).await;
+            assert!(
+                matches!(c, Err(LoginError::BadUserOrToken)),
+                "{user}/{token}: {c:?}"
+            );
+            assert!(matches!(s, Err(LoginError::BadUserOrToken)));
+        }
+        let long = "x".repeat(10_000);
+        let (c, _) = login_as(creds, Some(&long), Some("a")).await;
+        assert!(matches!(c, Err(LoginError::BadUserOrToken)));
+        let (c, _) = login_as(creds, None, Some("a")).await;
+        assert!(
+            matches!(c, Err(LoginError::Refused(ref r)) if r == NEEDS_USER),
+            "{c:?}"
+        );
     }
 
     #[tokio::test]
@@ -314,9 +478,9 @@ mod tests {
     async fn replayed_login_is_refused() {
         // Capture a valid login for one nonce, then replay it against a new challenge.
         let token = Token::new("t");
-        let captured = sign(&token, &[1; NONCE_LEN], &[9; 16]);
+        let captured = sign(&token, &[1; NONCE_LEN], &[9; 16], None);
         let (mut c, mut s) = pair();
-        let server = server_handshake(&mut s, Some(&token), None);
+        let server = server_handshake(&mut s, Credentials::Shared(&token), None);
         let attacker = async {
             c.send(&Hello {
                 magic: MAGIC,
@@ -327,8 +491,10 @@ mod tests {
             .unwrap();
             let _: ServerHello = c.recv().await.unwrap();
             c.send(&ClientMsg::Login {
+                user: None,
                 client_id: [9; 16],
                 mac: captured,
+                proof: [0; PROOF_LEN],
             })
             .await
             .unwrap();
@@ -342,7 +508,7 @@ mod tests {
     #[tokio::test]
     async fn version_mismatch_names_both_versions() {
         let (mut c, mut s) = pair();
-        let server = server_handshake(&mut s, None, None);
+        let server = server_handshake(&mut s, Credentials::Open, None);
         let client = async {
             c.send(&Hello {
                 magic: MAGIC,
@@ -370,7 +536,7 @@ mod tests {
             a.write_all(b"\x00\x00\x00\x05GET /").await.unwrap();
             a
         };
-        let (r, _a) = tokio::join!(server_handshake(&mut s, None, None), junk);
+        let (r, _a) = tokio::join!(server_handshake(&mut s, Credentials::Open, None), junk);
         assert!(matches!(r, Err(LoginError::NotPipe)), "{r:?}");
     }
 

@@ -7,6 +7,7 @@
 //! forwarding), `admin` (dashboard, JSON API, metrics), `caddy` (routes for http
 //! forwards), `auth`, `limit`, `config`, `logging`.
 
+pub mod accounts;
 pub mod admin;
 pub mod auth;
 pub mod caddy;

@@ -363,13 +363,14 @@ async fn public_admin_without_a_token_is_refused_with_exit_2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_failures_count_wrong_token_logins() {
     let (server, admin) = admin_server(&["--token", "right"]);
-    assert_eq!(scrape(admin, "pipe_auth_failures_total").await, 0.0);
+    let series = "pipe_auth_failures_total{reason=\"bad_token\"}";
+    assert_eq!(scrape(admin, series).await, 0.0);
     let mut bad = Pipec::spawn(server.addr, &["--token", "wrong", "--forward", "tcp:1:0"]);
     assert_eq!(bad.proc.wait_exit(WAIT), 3);
     // The server counts the failure as it drops the connection; the client may have
     // exited a moment before that.
     until("the auth failure to be counted", || async move {
-        scrape(admin, "pipe_auth_failures_total").await == 1.0
+        scrape(admin, series).await == 1.0
     })
     .await;
     let s = get(admin, "/api/server").await.json();

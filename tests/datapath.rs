@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use pipe::auth::client_handshake;
 use pipe::protocol::{
-    ClientMsg, ForwardRequest, MessageStream, Proto, ServerMsg, CLIENT_ID_LEN, MAX_CONTROL_FRAME,
+    ClientMsg, ForwardRequest, MessageStream, Proto, ServerMsg, MAX_CONTROL_FRAME,
 };
 use pipe::transport::mux;
 use std::net::SocketAddr;
@@ -198,7 +198,7 @@ impl futures::io::AsyncWrite for Tap {
 
 /// Logs in for real and opens one TCP forward, then stops its yamux driver between
 /// frames and hands back the raw socket and the forward's public port.
-async fn mock_peer(server: SocketAddr, id: u8) -> (Arc<TcpStream>, u16) {
+async fn mock_peer(server: SocketAddr) -> (Arc<TcpStream>, u16) {
     let sock = Arc::new(TcpStream::connect(server).await.unwrap());
     let (mux, driver) = mux::start(
         Tap(sock.clone()),
@@ -209,10 +209,18 @@ async fn mock_peer(server: SocketAddr, id: u8) -> (Arc<TcpStream>, u16) {
     );
     let driver = tokio::spawn(driver);
     let mut ctl = MessageStream::new(mux.open().await.unwrap(), MAX_CONTROL_FRAME);
-    tokio::time::timeout(WAIT, client_handshake(&mut ctl, None, &[id; CLIENT_ID_LEN]))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(
+        WAIT,
+        client_handshake(
+            &mut ctl,
+            None,
+            None,
+            &mut pipe::accounts::proof::ClientKey::generate(),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let req = ForwardRequest {
         id: 0,
         proto: Proto::Tcp,
@@ -274,8 +282,8 @@ async fn a_yamux_protocol_violation_ends_that_session_within_1s() {
         ("unsolicited pong", frame(PING, ACK, 0, 12345, 0)),
         ("reused stream id", frame(DATA, SYN, 1, 1, 1)),
     ];
-    for (i, (what, bytes)) in violations.into_iter().enumerate() {
-        let (sock, port) = mock_peer(server.addr, 100 + i as u8).await;
+    for (what, bytes) in violations {
+        let (sock, port) = mock_peer(server.addr).await;
         assert!(!port_free(port), "{what}: forward not bound");
         let t = Instant::now();
         raw_write(&sock, &bytes).await;

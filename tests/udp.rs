@@ -3,7 +3,8 @@
 mod common;
 
 use common::*;
-use pipe::auth::{client_handshake, new_client_id};
+use pipe::accounts::proof::ClientKey;
+use pipe::auth::client_handshake;
 use pipe::protocol::{
     read_header_frame, ClientMsg, ForwardRequest, MessageStream, Proto, ServerMsg, StreamHeader,
     MAX_CONTROL_FRAME, MAX_HEADER_FRAME, STREAM_CONNECTED,
@@ -110,7 +111,7 @@ async fn garbage_on_a_udp_stream_closes_only_that_forward() {
     );
     tokio::spawn(driver);
     let mut ctl = MessageStream::new(m.open().await.unwrap(), MAX_CONTROL_FRAME);
-    client_handshake(&mut ctl, None, &new_client_id())
+    client_handshake(&mut ctl, None, None, &mut ClientKey::generate())
         .await
         .unwrap();
     for (id, proto) in [(0, Proto::Udp), (1, Proto::Tcp)] {

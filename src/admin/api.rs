@@ -42,12 +42,17 @@ pub struct ServerView {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub auth_failures: u64,
+    /// `sha256:HEX` of the certificate made with `--tls-self-signed`, for clients'
+    /// `--tls-fingerprint`.
+    pub tls_fingerprint: Option<String>,
 }
 
 /// `GET /api/clients`: one per live session.
 #[derive(Serialize)]
 pub struct ClientView {
     pub id: u64,
+    /// The user logged in, on a server with a users file.
+    pub user: Option<String>,
     pub addr: String,
     /// Unix seconds.
     pub since: u64,
@@ -64,6 +69,8 @@ pub struct TunnelView {
     pub name: String,
     /// The session (`ClientView::id`) that owns the tunnel.
     pub client: u64,
+    /// The user whose session owns the tunnel, on a server with a users file.
+    pub user: Option<String>,
     pub client_addr: Option<String>,
     pub proto: &'static str,
     /// The public port (for `http`, the internal port Caddy proxies to).
@@ -118,7 +125,8 @@ pub async fn server(Ext(admin): Ext<Shared>) -> Json<ServerView> {
             + s.connections_udp.load(Ordering::Relaxed),
         bytes_in,
         bytes_out,
-        auth_failures: s.auth_failures.load(Ordering::Relaxed),
+        auth_failures: s.auth_failures.total(),
+        tls_fingerprint: st.tls_fingerprint.clone(),
     })
 }
 
@@ -133,6 +141,7 @@ pub async fn clients(Ext(admin): Ext<Shared>) -> Json<Vec<ClientView>> {
         .iter()
         .map(|s| ClientView {
             id: s.id,
+            user: s.owner.user.as_deref().map(str::to_string),
             addr: s.addr.to_string(),
             since: unix(s.since),
             version: s.software.clone(),
@@ -164,6 +173,7 @@ fn tunnel_view(t: &TunnelInfo, client_addr: Option<String>) -> TunnelView {
         id: t.id,
         name: tunnel_name(t),
         client: t.session_id,
+        user: t.user.as_deref().map(str::to_string),
         client_addr,
         proto: t.proto.as_str(),
         port: t.port,
@@ -192,6 +202,28 @@ pub async fn close_tunnel(Ext(admin): Ext<Shared>, Path(id): Path<u64>) -> Respo
         info!(tunnel = id, proto = %t.proto, port = t.port, "tunnel closed by the operator");
     }
     Json(serde_json::json!({ "closed": id })).into_response()
+}
+
+/// `DELETE /api/users/{name}/sessions`: ends every session of a user (each client
+/// reconnects, and gets in again only if its token is still good).
+pub async fn end_user_sessions(Ext(admin): Ext<Shared>, Path(name): Path<String>) -> Response {
+    let known = admin
+        .state
+        .accounts
+        .as_ref()
+        .is_some_and(|a| a.current().get(&name).is_some());
+    let sessions = admin.state.sessions_of_user(Some(&name));
+    if !known && sessions.is_empty() {
+        let body = ErrorBody {
+            error: "no such user",
+        };
+        return (StatusCode::NOT_FOUND, Json(body)).into_response();
+    }
+    for s in &sessions {
+        s.stop.cancel();
+    }
+    info!(user = %name, sessions = sessions.len(), "user's sessions ended by the operator");
+    Json(serde_json::json!({ "user": name, "ended": sessions.len() })).into_response()
 }
 
 #[derive(Deserialize)]
@@ -234,6 +266,7 @@ mod tests {
         let tunnel = TunnelInfo {
             id: state.next_id(),
             session_id: 1,
+            user: None,
             forward_id: 0,
             proto: Proto::Http,
             port: 40000,

@@ -3,11 +3,12 @@
 //! Owns the HTTP routes, the bearer-token check and the rule that a non-loopback admin
 //! address needs a token. It does not bind (the caller passes a bound listener, see
 //! `Server::start_admin`) and it does not change the server's state except to close a
-//! tunnel on the operator's request, through `State::close_tunnel`.
+//! tunnel (`State::close_tunnel`) or end a user's sessions on the operator's request.
 //!
 //! Routes: `GET /` (the dashboard), `GET /api/server`, `GET /api/clients`,
-//! `GET /api/tunnels`, `DELETE /api/tunnels/{id}`, `GET /api/history` (the last 15
-//! minutes of throughput and connections), `GET /metrics`, and two that need no
+//! `GET /api/tunnels`, `DELETE /api/tunnels/{id}`, `DELETE /api/users/{name}/sessions`,
+//! `GET /api/history` (the last 15 minutes of throughput and connections),
+//! `GET /metrics`, and two that need no
 //! token because the caller cannot send one and they reveal nothing worth a token:
 //! `GET /healthz` and `GET /caddy/ask?domain=HOST` (Caddy's on-demand TLS check: 200 when
 //! HOST is a live http tunnel, else 404).
@@ -127,6 +128,10 @@ fn router(state: Arc<State>, history: Arc<history::History>) -> Router {
         .route(
             "/api/tunnels/{id}",
             axum::routing::delete(api::close_tunnel),
+        )
+        .route(
+            "/api/users/{name}/sessions",
+            axum::routing::delete(api::end_user_sessions),
         )
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(admin.clone(), require_token));

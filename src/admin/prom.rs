@@ -57,7 +57,8 @@ fn describe() {
     );
     describe_counter!(
         "pipe_auth_failures_total",
-        "Client logins refused for a wrong token."
+        "Client logins refused: bad_token (a wrong token or an unknown user), cooling_off \
+         (the address failed too often), bad_proof (a takeover without the client's proof)."
     );
     describe_counter!(
         "pipe_udp_dropped_total",
@@ -98,7 +99,9 @@ fn record_totals(state: &State) {
     let (bytes_in, bytes_out) = state.byte_totals();
     counter!("pipe_bytes_total", "direction" => "in").absolute(bytes_in);
     counter!("pipe_bytes_total", "direction" => "out").absolute(bytes_out);
-    counter!("pipe_auth_failures_total").absolute(s.auth_failures.load(Ordering::Relaxed));
+    for (reason, n) in s.auth_failures.by_reason() {
+        counter!("pipe_auth_failures_total", "reason" => reason).absolute(n);
+    }
     counter!("pipe_udp_dropped_total").absolute(s.udp_dropped.load(Ordering::Relaxed));
     gauge!("pipe_uptime_seconds").set(state.started_at.elapsed().as_secs_f64());
     gauge!("pipe_build_info", "version" => env!("CARGO_PKG_VERSION"),
@@ -108,18 +111,23 @@ fn record_totals(state: &State) {
 
 /// Per-tunnel series: their number is bounded by the tunnel caps. Labelled by what
 /// survives a restart (the tunnel's name and the client's address), never by the
-/// internal id, so a series continues when its client reconnects.
+/// internal id, so a series continues when its client reconnects; with a users file
+/// each carries its `user`.
 fn record_tunnel(t: &TunnelInfo, client: &str) {
     let public = match &t.url {
         Some(url) => url.clone(),
         None => t.port.to_string(),
     };
-    let labels = vec![
+    let mut labels = vec![
         Label::new("name", super::api::tunnel_name(t)),
         Label::new("proto", t.proto.as_str()),
         Label::new("public", public),
         Label::new("client", client.to_string()),
     ];
+    // Bounded by the users file (a login names a user only if it is there).
+    if let Some(user) = &t.user {
+        labels.push(Label::new("user", user.to_string()));
+    }
     let st = &t.stats;
     gauge!("pipe_tunnel_connections_active", labels.clone())
         .set(st.active.load(Ordering::Relaxed) as f64);
@@ -140,7 +148,11 @@ mod tests {
     #[test]
     fn required_series_are_present_on_an_idle_server() {
         let state = State::new(ServerConfig::for_tests());
-        state.stats.auth_failures.store(3, Ordering::Relaxed);
+        state
+            .stats
+            .auth_failures
+            .bad_token
+            .store(3, Ordering::Relaxed);
         let text = render(&state);
         let build = format!(
             "pipe_build_info{{version=\"{}\",protocol=\"{}\"}} 1",
@@ -156,7 +168,8 @@ mod tests {
             "pipe_connections_total{proto=\"tcp\"} 0",
             "pipe_bytes_total{direction=\"in\"} 0",
             "pipe_bytes_total{direction=\"out\"} 0",
-            "pipe_auth_failures_total 3",
+            "pipe_auth_failures_total{reason=\"bad_token\"} 3",
+            "pipe_auth_failures_total{reason=\"cooling_off\"} 0",
             "# TYPE pipe_bytes_total counter",
             "# TYPE pipe_clients gauge",
             "# TYPE process_open_fds gauge",

@@ -1,7 +1,7 @@
 //! `piped`: parse, set up logging, bind, run, map the outcome to an exit code.
 
 use clap::Parser;
-use pipe::config::cli::PipedArgs;
+use pipe::config::cli::{PipedArgs, PipedCommand, TokenAction};
 use pipe::config::{LogConfig, ServerConfig};
 use pipe::server::{Server, ServerError};
 use std::process::ExitCode;
@@ -12,6 +12,13 @@ fn main() -> ExitCode {
     // Before any allocation of the data path: keep yamux's frame buffers in the heap.
     pipe::transport::alloc::tune_for_frames();
     let args = PipedArgs::parse();
+    if let Some(PipedCommand::Token {
+        action: TokenAction::New,
+    }) = args.command
+    {
+        pipe::logging::stdout_line(&pipe::accounts::new_token());
+        return ExitCode::SUCCESS;
+    }
     let log = LogConfig::from_args(&args.log);
     let cfg = match ServerConfig::from_args(args) {
         Ok(c) => c,
@@ -37,15 +44,20 @@ fn main() -> ExitCode {
 }
 
 /// The start-up summary: how clients get in and what they may claim, in one line.
-fn summary(cfg: &ServerConfig, admin: Option<std::net::SocketAddr>) -> String {
-    let auth = if cfg.token.is_some() {
-        "token"
-    } else {
-        "open (no token)"
+fn summary(
+    cfg: &ServerConfig,
+    admin: Option<std::net::SocketAddr>,
+    fingerprint: Option<&str>,
+) -> String {
+    let auth = match (&cfg.users, cfg.token.is_some()) {
+        (Some(f), _) => format!("users from {}", f.display()),
+        (None, true) => "token".into(),
+        (None, false) => "open (no token)".into(),
     };
-    let tls = match &cfg.tls_cert {
-        Some(cert) => format!("cert {}", cert.display()),
-        None => "off".into(),
+    let tls = match (&cfg.tls_cert, fingerprint) {
+        (Some(cert), _) => format!("cert {}", cert.display()),
+        (None, Some(fp)) => format!("self-signed {fp}"),
+        (None, None) => "off".into(),
     };
     let admin = match (admin, cfg.admin_token.is_some()) {
         (Some(a), true) => format!("{a} (admin token)"),
@@ -70,6 +82,10 @@ async fn serve(cfg: ServerConfig) -> ExitCode {
         Ok(v) => v,
         Err(e) => return fail(&e),
     };
+    let fingerprint = server.tls_fingerprint().map(|fp| fp.to_string());
+    if let Some(fp) = &fingerprint {
+        pipe::logging::stdout_line(&format_args!("tls fingerprint {fp}"));
+    }
     let listener = match TcpListener::bind(&listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -94,7 +110,7 @@ async fn serve(cfg: ServerConfig) -> ExitCode {
     if let Some(a) = admin {
         pipe::logging::stdout_line(&format_args!("admin on {a}"));
     }
-    tracing::info!("{}", summary(&summary_cfg, admin));
+    tracing::info!("{}", summary(&summary_cfg, admin, fingerprint.as_deref()));
     tokio::spawn(pipe::signals::cancel_on_signal(shutdown.clone()));
     match server.run(listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

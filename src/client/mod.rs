@@ -11,7 +11,8 @@ mod session;
 mod stream;
 pub mod udp;
 
-use crate::auth::{new_client_id, LoginError};
+use crate::accounts::proof::ClientKey;
+use crate::auth::LoginError;
 use crate::config::{ClientConfig, ForwardSpec};
 use crate::protocol::Proto;
 use std::time::Duration;
@@ -143,7 +144,7 @@ pub async fn run(
     events: mpsc::UnboundedSender<ClientEvent>,
     shutdown: CancellationToken,
 ) -> Result<(), ClientError> {
-    let client_id = new_client_id();
+    let mut key = ClientKey::generate();
     let tls = session::tls_connector(&config)?;
     let mut forwards: Vec<ForwardState> = config
         .forwards
@@ -160,7 +161,7 @@ pub async fn run(
     loop {
         let ctx = session::SessionCtx {
             config: &config,
-            client_id,
+            key: &mut key,
             tls: tls.as_ref(),
             events: &events,
             shutdown: &shutdown,

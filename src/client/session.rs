@@ -3,11 +3,11 @@
 
 use super::stream::{self, Routes};
 use super::{describe, ClientError, ClientEvent, ForwardState};
+use crate::accounts::proof::ClientKey;
 use crate::auth::client_handshake;
 use crate::config::ClientConfig;
 use crate::protocol::{
-    ClientMsg, CodecError, ForwardRequest, MessageStream, Proto, ServerMsg, CLIENT_ID_LEN,
-    MAX_CONTROL_FRAME,
+    ClientMsg, CodecError, ForwardRequest, MessageStream, Proto, ServerMsg, MAX_CONTROL_FRAME,
 };
 use crate::transport::mux::{self, Mode, MAX_STREAMS_LIMIT};
 use crate::transport::tls::{self, TlsConnector};
@@ -28,7 +28,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 pub(crate) struct SessionCtx<'a> {
     pub config: &'a ClientConfig,
-    pub client_id: [u8; CLIENT_ID_LEN],
+    pub key: &'a mut ClientKey,
     pub tls: Option<&'a TlsConnector>,
     pub events: &'a mpsc::UnboundedSender<ClientEvent>,
     pub shutdown: &'a CancellationToken,
@@ -104,6 +104,11 @@ fn lost(reason: impl Into<String>) -> Result<End, ClientError> {
 pub(crate) fn tls_connector(config: &ClientConfig) -> Result<Option<TlsConnector>, ClientError> {
     if !config.tls {
         return Ok(None);
+    }
+    if let Some(fp) = config.tls_fingerprint {
+        return tls::connector_pinned(fp)
+            .map(Some)
+            .map_err(ClientError::Tls);
     }
     tls::connector(config.tls_ca.as_deref())
         .map(Some)
@@ -190,7 +195,7 @@ where
         let mut ctl = MessageStream::new(ctl, MAX_CONTROL_FRAME);
         let login = timeout(
             CONNECT_TIMEOUT,
-            client_handshake(&mut ctl, cfg.token.as_ref(), &ctx.client_id),
+            client_handshake(&mut ctl, cfg.user.as_deref(), cfg.token.as_ref(), ctx.key),
         );
         let session_id = tokio::select! {
             _ = ctx.shutdown.cancelled() => return Ok(End::Shutdown),

@@ -3,6 +3,7 @@
 
 use super::values::{Endpoint, ForwardSpec, PortSet, Rate};
 use crate::protocol::Cidr;
+use crate::transport::selfsigned::Fingerprint;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,14 +34,23 @@ pub struct LogArgs {
 
 /// pipe server: accepts pipec clients and publishes their forwards.
 #[derive(Debug, Parser)]
-#[command(name = "piped", version = crate::VERSION_LINE)]
+#[command(name = "piped", version = crate::VERSION_LINE, args_conflicts_with_subcommands = true)]
 pub struct PipedArgs {
+    #[command(subcommand)]
+    pub command: Option<PipedCommand>,
     /// Control listener, PORT or HOST:PORT [default: 0.0.0.0:8910]
     #[arg(long)]
     pub listen: Option<String>,
     /// Shared secret clients must prove; without one the server is open.
     #[arg(long, env = "PIPE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Users file ([[user]] tables: name, token, ports, subdomains, ...); reloaded on
+    /// SIGHUP and when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub users: Option<PathBuf>,
+    /// Sessions one user (or the shared token) may hold at once [default: 16]
+    #[arg(long)]
+    pub max_sessions: Option<usize>,
     /// TOML config file; flags override its keys.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -99,6 +109,14 @@ pub struct PipedArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// TLS with a key and certificate piped makes once and keeps in --state-dir;
+    /// prints `tls fingerprint sha256:HEX` for clients' --tls-fingerprint.
+    #[arg(long)]
+    pub tls_self_signed: bool,
+    /// Where piped keeps its state [default: $STATE_DIRECTORY, else
+    /// $XDG_STATE_HOME/pipe, else ~/.local/state/pipe]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Cap per tunnel and direction, e.g. 10MB; clients cannot raise it.
     #[arg(long)]
     pub speed_limit: Option<Rate>,
@@ -124,6 +142,21 @@ pub struct PipedArgs {
     pub drain_timeout: Option<Duration>,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PipedCommand {
+    /// Tokens for the users file or --token.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Print a fresh random token (256 bits).
+    New,
 }
 
 /// pipe client: publishes local ports through a piped server; or relays locally.
@@ -162,7 +195,10 @@ pub struct PipecRunArgs {
         help = "PROTO:[LOCAL_HOST:]LOCAL_PORT:REMOTE_PORT, or http:[LOCAL_HOST:]LOCAL_PORT[:SUBDOMAIN]; a bare LOCAL_PORT (or tcp:LOCAL_PORT) takes any free remote port"
     )]
     pub forwards: Vec<ForwardSpec>,
-    /// Shared secret for the server's login.
+    /// The account to log in as, on a server with a users file.
+    #[arg(long, env = "PIPE_USER")]
+    pub user: Option<String>,
+    /// Shared secret for the server's login (the user's token with --user).
     #[arg(long, env = "PIPE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// TOML config file; flags override its keys.
@@ -181,6 +217,10 @@ pub struct PipecRunArgs {
     /// Name to verify in the server certificate [default: the --server host]
     #[arg(long)]
     pub tls_server_name: Option<String>,
+    /// Accept exactly the server certificate with this fingerprint, sha256:HEX (as
+    /// `piped --tls-self-signed` prints it; implies --tls).
+    #[arg(long, value_name = "sha256:HEX")]
+    pub tls_fingerprint: Option<Fingerprint>,
     /// How often to send a heartbeat [default: 10s]
     #[arg(long, value_parser = duration)]
     pub heartbeat_interval: Option<Duration>,

@@ -11,6 +11,8 @@ use std::time::Duration;
 pub struct ServerFile {
     pub listen: Option<String>,
     pub token: Option<String>,
+    pub users: Option<PathBuf>,
+    pub max_sessions: Option<usize>,
     pub bind_addr: Option<String>,
     pub udp_bind_addr: Option<String>,
     pub ports: Option<PortSet>,
@@ -30,6 +32,8 @@ pub struct ServerFile {
     pub caddy_tls_policy: Option<bool>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub tls_self_signed: Option<bool>,
+    pub state_dir: Option<PathBuf>,
     pub speed_limit: Option<Rate>,
     pub allow: Option<Vec<String>>,
     pub accept_proxy_protocol: Option<Vec<String>>,
@@ -48,6 +52,7 @@ pub struct ServerFile {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ClientFile {
     pub server: Option<String>,
+    pub user: Option<String>,
     pub token: Option<String>,
     #[serde(default)]
     pub forward: Vec<ForwardTable>,
@@ -55,6 +60,7 @@ pub struct ClientFile {
     pub tls: Option<bool>,
     pub tls_ca: Option<PathBuf>,
     pub tls_server_name: Option<String>,
+    pub tls_fingerprint: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub heartbeat_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]

@@ -13,6 +13,7 @@ pub use values::{valid_subdomain, Endpoint, ForwardSpec, PortSet, Rate, DEFAULT_
 
 use crate::auth::Token;
 use crate::protocol::{Cidr, Proto};
+use crate::transport::selfsigned::Fingerprint;
 use cli::{LogArgs, LogFormat, PipecRunArgs, PipedArgs};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -45,6 +46,10 @@ pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// its clients back within about two seconds.
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(2);
 pub const DEFAULT_CADDY_SERVER: &str = "srv0";
+/// Sessions one user (or the shared token) may hold at once: a few machines with a
+/// few restarts in flight each, while one token holder cannot open sessions enough to
+/// hold the whole port range (16 × 64 tunnels is 1,024 of 64,512 default ports).
+pub const DEFAULT_MAX_SESSIONS: usize = 16;
 
 /// A bad command line or config file (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +164,10 @@ fn heartbeats(
 pub struct ServerConfig {
     pub listen: String,
     pub token: Option<Token>,
+    /// The users file (`--users`). With `token` as well, a login without a user name is
+    /// the implicit user of that token (clients not yet moved to accounts).
+    pub users: Option<PathBuf>,
+    pub max_sessions: usize,
     pub bind_addr: IpAddr,
     /// Where public UDP sockets bind; `bind_addr` unless set.
     pub udp_bind_addr: IpAddr,
@@ -178,6 +187,9 @@ pub struct ServerConfig {
     pub caddy_tls_policy: bool,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// TLS with a key and certificate of the server's own (ignored with `tls_cert`).
+    pub tls_self_signed: bool,
+    pub state_dir: Option<PathBuf>,
     pub speed_limit: Option<u64>,
     /// Visitor ranges every tunnel admits; empty = every address.
     pub allow: Vec<Cidr>,
@@ -230,7 +242,15 @@ impl ServerConfig {
         if domain.is_some() != caddy_admin.is_some() {
             return Err("domain and caddy-admin go together".to_string().into());
         }
+        let users = a.users.or(f.users);
         let cfg = ServerConfig {
+            users,
+            max_sessions: positive(
+                "max-sessions",
+                a.max_sessions
+                    .or(f.max_sessions)
+                    .unwrap_or(DEFAULT_MAX_SESSIONS),
+            )?,
             listen: listen_addr(
                 &a.listen
                     .or(f.listen)
@@ -299,6 +319,8 @@ impl ServerConfig {
             caddy_tls_policy: a.caddy_tls_policy || f.caddy_tls_policy.unwrap_or(false),
             tls_cert,
             tls_key,
+            tls_self_signed: a.tls_self_signed || f.tls_self_signed.unwrap_or(false),
+            state_dir: a.state_dir.or(f.state_dir),
             speed_limit: a.speed_limit.or(f.speed_limit).map(|r| r.0),
             allow: cidr_list("allow", a.allow, f.allow)?,
             accept_proxy_protocol: cidr_list(
@@ -350,11 +372,14 @@ pub struct ClientConfig {
     pub server: String,
     /// The host part of `server`, used in the printed public addresses.
     pub server_host: String,
+    pub user: Option<String>,
     pub token: Option<Token>,
     pub forwards: Vec<ForwardSpec>,
     pub tls: bool,
     pub tls_ca: Option<PathBuf>,
     pub tls_server_name: Option<String>,
+    /// Accept exactly this server certificate (no CA, no name check).
+    pub tls_fingerprint: Option<Fingerprint>,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub reconnect_max: Duration,
@@ -441,18 +466,35 @@ impl ClientConfig {
                 .any(|f| f.inspect == Some(true))
                 .then(|| crate::client::inspect::DEFAULT_ADDR.to_string())
         });
+        let tls_fingerprint = match (a.tls_fingerprint, f.tls_fingerprint) {
+            (Some(fp), _) => Some(fp),
+            (None, Some(s)) => Some(s.parse::<Fingerprint>()?),
+            (None, None) => None,
+        };
+        let user = a.user.or(f.user).filter(|u| !u.is_empty());
+        if let Some(u) = &user {
+            if u.len() > crate::protocol::MAX_USER_NAME {
+                return Err(format!(
+                    "user name too long: at most {} bytes",
+                    crate::protocol::MAX_USER_NAME
+                )
+                .into());
+            }
+        }
         Ok(ClientConfig {
             server,
             server_host,
+            user,
             token: a
                 .token
                 .or(f.token)
                 .filter(|t| !t.is_empty())
                 .map(Token::new),
             forwards,
-            tls: a.tls || f.tls.unwrap_or(false) || tls_ca.is_some(),
+            tls: a.tls || f.tls.unwrap_or(false) || tls_ca.is_some() || tls_fingerprint.is_some(),
             tls_ca,
             tls_server_name: a.tls_server_name.or(f.tls_server_name),
+            tls_fingerprint,
             heartbeat_interval,
             heartbeat_timeout,
             reconnect_max: a
@@ -480,6 +522,7 @@ impl ClientConfig {
         use clap::Parser;
         let mut args = cli::PipecArgs::parse_from(["pipec"]);
         args.run.token = None;
+        args.run.user = None;
         args.run.server = Some(server.to_string());
         args.run.forwards = forwards;
         ClientConfig::from_args(args.run, &args.log)

@@ -6,6 +6,10 @@ use std::net::SocketAddr;
 
 /// Length of the login nonce and of the HMAC-SHA256 tag.
 pub const NONCE_LEN: usize = 32;
+/// Length of a proof-chain link (a SHA-256 digest).
+pub const PROOF_LEN: usize = 32;
+/// Longest user name a login may carry.
+pub const MAX_USER_NAME: usize = 64;
 /// Length of the random id a `pipec` process keeps across reconnects.
 pub const CLIENT_ID_LEN: usize = 16;
 
@@ -79,11 +83,16 @@ pub struct ForwardRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientMsg {
     Login {
-        /// Random id kept for the life of the `pipec` process; lets a reconnecting
-        /// client take over the ports of its own previous session.
+        /// The account logging in (`pipec --user`); `None` on a single-token server.
+        user: Option<String>,
+        /// Names the `pipec` process across reconnects: the hash that ends the client's
+        /// proof chain (see `accounts::proof`). Not a credential by itself.
         client_id: [u8; CLIENT_ID_LEN],
-        /// HMAC-SHA256(token, nonce || client_id); all zeros on an open server.
+        /// HMAC-SHA256(token, nonce || client_id || user); all zeros on an open server.
         mac: [u8; NONCE_LEN],
+        /// The next unused link of the client's proof chain: lets a reconnecting client
+        /// take over its own live claims, and nobody else.
+        proof: [u8; PROOF_LEN],
     },
     Forward(ForwardRequest),
     /// Stop a forward; the server frees its port.

@@ -71,8 +71,18 @@ fn forward_request() -> impl Strategy<Value = ForwardRequest> {
 
 fn client_msg() -> impl Strategy<Value = ClientMsg> {
     prop_oneof![
-        (any::<[u8; CLIENT_ID_LEN]>(), any::<[u8; NONCE_LEN]>())
-            .prop_map(|(client_id, mac)| ClientMsg::Login { client_id, mac }),
+        (
+            proptest::option::of(text()),
+            any::<[u8; CLIENT_ID_LEN]>(),
+            any::<[u8; NONCE_LEN]>(),
+            any::<[u8; PROOF_LEN]>()
+        )
+            .prop_map(|(user, client_id, mac, proof)| ClientMsg::Login {
+                user,
+                client_id,
+                mac,
+                proof
+            }),
         forward_request().prop_map(ClientMsg::Forward),
         any::<u32>().prop_map(|id| ClientMsg::Cancel { id }),
         Just(ClientMsg::Heartbeat),

@@ -7,6 +7,7 @@
 
 pub mod access;
 mod http;
+mod login;
 mod pending;
 mod ports;
 pub mod real_addr;
@@ -15,8 +16,10 @@ pub mod state;
 mod streams;
 mod tcp;
 mod udp;
+mod users;
 
 use crate::config::ServerConfig;
+use crate::transport::selfsigned;
 use crate::transport::tls::{self, TlsAcceptor};
 use crate::transport::{tcp as tcp_opts, BatchIo};
 use state::State;
@@ -75,21 +78,59 @@ pub(crate) struct Ctx {
 pub struct Server {
     state: Arc<State>,
     tls: Option<TlsAcceptor>,
+    /// SIGHUP, taken at construction so a signal right after start reloads the users
+    /// file instead of ending the process.
+    hangup: std::sync::Mutex<Option<tokio::signal::unix::Signal>>,
 }
 
 impl Server {
     pub fn new(config: ServerConfig) -> Result<Self, ServerError> {
-        if config.token.is_none() {
+        if config.token.is_none() && config.users.is_none() {
             warn!("no token set: this server is open to any client (set --token or PIPE_TOKEN)");
         }
+        let accounts = match &config.users {
+            Some(p) => Some(crate::accounts::Accounts::load(p).map_err(ServerError::Config)?),
+            None => None,
+        };
+        let hangup = match accounts {
+            Some(_) => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| warn!(error = %e, "cannot watch SIGHUP; the users file is still reloaded when it changes"))
+                .ok(),
+            None => None,
+        };
+        let mut fingerprint = None;
         let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key).map_err(ServerError::Config)?),
+            (Some(cert), Some(key)) => {
+                if config.tls_self_signed {
+                    warn!("tls-cert and tls-key are set: tls-self-signed is ignored");
+                }
+                Some(tls::acceptor(cert, key).map_err(ServerError::Config)?)
+            }
+            _ if config.tls_self_signed => {
+                let dir = selfsigned::state_dir(config.state_dir.as_deref())
+                    .map_err(ServerError::Config)?;
+                let (cert, key, fp) = selfsigned::ensure(&dir).map_err(ServerError::Config)?;
+                fingerprint = Some(fp.to_string());
+                Some(tls::acceptor(&cert, &key).map_err(ServerError::Config)?)
+            }
             _ => None,
         };
+        let mut state = State::new(config);
+        state.tls_fingerprint = fingerprint;
+        if let Some(a) = accounts {
+            state = state.with_accounts(a);
+        }
+        users::warn_weak_tokens(&state);
         Ok(Server {
-            state: Arc::new(State::new(config)),
+            state: Arc::new(state),
             tls,
+            hangup: std::sync::Mutex::new(hangup),
         })
+    }
+
+    /// `sha256:HEX` of the certificate made with `--tls-self-signed`.
+    pub fn tls_fingerprint(&self) -> Option<&str> {
+        self.state.tls_fingerprint.as_deref()
     }
 
     /// The live state (sessions, tunnels, counters), for the admin server and tests.
@@ -126,6 +167,8 @@ impl Server {
         let cfg = &self.state.config;
         let pending = pending::PendingLimiter::new(cfg.max_pending, cfg.max_pending_per_ip);
         let sessions = TaskTracker::new();
+        let hangup = self.hangup.lock().unwrap_or_else(|e| e.into_inner()).take();
+        tokio::spawn(users::watch(self.state.clone(), hangup, shutdown.clone()));
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,

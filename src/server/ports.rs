@@ -7,6 +7,7 @@
 //! bounded by the size of the allowed set (at most 64,512 binds).
 
 use super::state::{PortKey, PortRefusal, State};
+use crate::config::PortSet;
 use std::future::Future;
 use std::io;
 use std::ops::RangeInclusive;
@@ -46,12 +47,14 @@ fn bind_refusal(port: u16, e: &io::Error) -> String {
     }
 }
 
-/// Claims `requested` (or any free allowed port when 0) and binds it with `bind`.
-/// Returns the bound socket and its port, or the refusal text for the client.
+/// Claims `requested` (or any free allowed port when 0, within `scope` when given) and
+/// binds it with `bind`. Returns the bound socket and its port, or the refusal text for
+/// the client.
 pub async fn claim<L, F, Fut>(
     state: &State,
     udp: bool,
     requested: u16,
+    scope: Option<&PortSet>,
     bind: F,
 ) -> Result<(L, u16), String>
 where
@@ -77,7 +80,7 @@ where
             }
         };
     }
-    let candidates = state.free_port_candidates(udp, usize::MAX);
+    let candidates = state.free_port_candidates(udp, usize::MAX, scope);
     for port in outside_first(candidates, ephemeral_range()) {
         if state.reserve_port(key(port)).is_err() {
             continue;

@@ -1,9 +1,13 @@
 //! One client session: the login under a timeout, then the control loop that opens
 //! and closes tunnels, exchanges heartbeats, and releases everything at the end.
 
+use super::login::{audit_login, close_refused, login_failed, register, AUDIT};
 use super::state::{SessionEvent, SessionInfo, TunnelInfo, TunnelStats};
+use super::users::check_rights;
 use super::{tcp as tcp_tunnel, Ctx};
-use crate::auth::{server_handshake, ClientLogin, LoginError};
+use crate::accounts::{throttle, User};
+use crate::auth::{server_handshake_named, Credentials, LoginError};
+use crate::config::PortSet;
 use crate::limit::{lower_limit, RateLimiter};
 use crate::protocol::{
     ClientMsg, CodecError, ForwardRequest, MessageStream, Proto, ServerMsg, MAX_CONTROL_FRAME,
@@ -13,11 +17,11 @@ use crate::transport::{Mux, MuxStream};
 use futures::io::{AsyncRead, AsyncWrite};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
@@ -25,7 +29,7 @@ use tracing::{debug, info, warn, Instrument};
 const STREAM_HEADROOM: usize = 8;
 /// How long a closing session may take to flush its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-/// How long a new session waits for the old session of the same client to let go.
+/// How long a closing session waits for its tunnels to release their ports.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
 /// Serves one accepted control connection from login to teardown. The login must be
@@ -55,13 +59,25 @@ pub async fn serve<IO>(
     let (mux, driver) = mux::start(io, ycfg, Mode::Server, on_inbound, stop.clone());
     let mut driver = mux::DriverTask::spawn(driver);
 
-    let token = cfg.token.clone();
+    let table = ctx.state.accounts.as_ref().map(|a| a.current());
+    let creds = match (&table, &cfg.token) {
+        (Some(t), shared) => Credentials::Users {
+            table: &**t,
+            shared: shared.as_ref(),
+        },
+        (None, Some(t)) => Credentials::Shared(t),
+        (None, None) => Credentials::Open,
+    };
+    // An address cooling off after failed logins is refused before any check.
+    let cooling = ctx.state.logins.cooling(peer.ip()).map(throttle::refusal);
+    let refusal = refusal.map(str::to_string).or(cooling.clone());
+    let mut asked = None;
     let login = async {
         let stream = first_rx
             .await
             .map_err(|_| LoginError::Codec(CodecError::Closed))?;
         let mut ctl = MessageStream::new(stream, MAX_CONTROL_FRAME);
-        let who = server_handshake(&mut ctl, token.as_ref(), refusal).await;
+        let who = server_handshake_named(&mut ctl, creds, refusal.as_deref(), &mut asked).await;
         Ok::<_, LoginError>((ctl, who))
     };
     let login = permit.unless_evicted(tokio::time::timeout_at(deadline, login));
@@ -78,25 +94,35 @@ pub async fn serve<IO>(
             debug!(error = %e, "connection ended before login");
             return;
         }
-        Ok(Ok((mut ctl, Err(e)))) => {
-            if matches!(e, LoginError::BadToken) {
-                ctx.state
-                    .stats
-                    .auth_failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Ok((ctl, Err(e)))) => {
+            let failures = &ctx.state.stats.auth_failures;
+            if cooling.is_some() {
+                failures.cooling_off.fetch_add(1, Relaxed);
+                debug!("login refused: the address is cooling off");
+            } else {
+                if matches!(e, LoginError::BadToken | LoginError::BadUserOrToken) {
+                    failures.bad_token.fetch_add(1, Relaxed);
+                    login_failed(&ctx, peer);
+                }
+                audit_login(asked.as_deref(), peer, &e.to_string());
             }
-            info!(error = %e, "login refused");
-            // Let the refusal reach the client before the connection goes.
-            let _ = timeout(CLOSE_GRACE, ctl.close()).await;
-            stop.cancel();
-            let _ = timeout(CLOSE_GRACE, driver.finished()).await;
+            close_refused(ctl, &stop, &mut driver).await;
             return;
         }
         Ok(Ok((ctl, Ok(who)))) => (ctl, who),
     };
 
-    let (session, events) = register(&ctx, &who, peer, stop.clone()).await;
-    let span = tracing::info_span!("session", id = session.id);
+    let (session, events) = match register(&ctx, &who, peer, stop.clone()).await {
+        Ok(v) => v,
+        Err(reason) => {
+            audit_login(who.user.as_deref(), peer, &reason);
+            let msg = ServerMsg::LoginRefused { reason };
+            let _ = send(&mut ctl, &msg, cfg.heartbeat_timeout).await;
+            close_refused(ctl, &stop, &mut driver).await;
+            return;
+        }
+    };
+    let span = tracing::info_span!("session", id = session.id, user = session.owner.user_name());
     async {
         if send(
             &mut ctl,
@@ -111,6 +137,7 @@ pub async fn serve<IO>(
             return;
         }
         drop(permit);
+        audit_login(who.user.as_deref(), peer, "ok");
         info!(software = %who.software, "client logged in");
         let mut s = Session {
             ctx: ctx.clone(),
@@ -130,40 +157,6 @@ pub async fn serve<IO>(
     .await;
     ctx.state.remove_session(session.id);
     session.closed.cancel();
-}
-
-/// Registers the session after ending any earlier session of the same client, whose
-/// ports are then free for this one to claim.
-async fn register(
-    ctx: &Ctx,
-    who: &ClientLogin,
-    peer: SocketAddr,
-    stop: CancellationToken,
-) -> (Arc<SessionInfo>, mpsc::UnboundedReceiver<SessionEvent>) {
-    let old = ctx.state.sessions_of_client(&who.client_id, 0);
-    for s in &old {
-        info!(
-            old_session = s.id,
-            "client reconnected; ending its previous session"
-        );
-        s.stop.cancel();
-    }
-    for s in &old {
-        let _ = timeout(TAKEOVER_WAIT, s.closed.cancelled()).await;
-    }
-    let (events, events_rx) = mpsc::unbounded_channel();
-    let info = Arc::new(SessionInfo {
-        id: ctx.state.next_id(),
-        client_id: who.client_id,
-        addr: peer,
-        since: SystemTime::now(),
-        software: who.software.clone(),
-        stop,
-        closed: CancellationToken::new(),
-        events,
-    });
-    ctx.state.add_session(info.clone());
-    (info, events_rx)
 }
 
 async fn send<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
@@ -247,11 +240,47 @@ impl Session {
 
     async fn open_forward(&mut self, req: ForwardRequest) -> ServerMsg {
         let id = req.id;
-        self.tunnels.retain(|_, t| !t.stop.is_cancelled());
-        let refuse = |reason: String| {
-            info!(forward = id, %reason, "forward refused");
-            ServerMsg::ForwardRefused { id, reason }
+        let what = match (&req.proto, &req.subdomain) {
+            (Proto::Http, Some(sub)) => sub.chars().take(64).collect(),
+            (Proto::Http, None) => "(random)".to_string(),
+            (_, None | Some(_)) => req.remote_port.to_string(),
         };
+        let proto = req.proto;
+        let reply = self.try_open(req).await;
+        let outcome = match &reply {
+            ServerMsg::ForwardOk { .. } => "ok",
+            ServerMsg::ForwardRefused { reason, .. } => reason.as_str(),
+            _ => "?",
+        };
+        info!(
+            target: AUDIT,
+            user = self.info.owner.user_name(),
+            client = %self.info.addr,
+            forward = id,
+            %proto,
+            asked = %what,
+            outcome,
+            "forward"
+        );
+        reply
+    }
+
+    /// The user's rights as the users file says now (`None`: the implicit user).
+    fn rights(&self) -> Result<Option<Arc<User>>, String> {
+        let (Some(accounts), Some(name)) = (&self.ctx.state.accounts, &self.info.owner.user) else {
+            return Ok(None);
+        };
+        accounts
+            .current()
+            .get(name)
+            .map(Some)
+            .ok_or_else(|| format!("user {name} is no longer in the users file"))
+    }
+
+    async fn try_open(&mut self, mut req: ForwardRequest) -> ServerMsg {
+        let id = req.id;
+        self.tunnels.retain(|_, t| !t.stop.is_cancelled());
+        let refuse = |reason: String| ServerMsg::ForwardRefused { id, reason };
         let cfg = &self.ctx.state.config;
         if self.tunnels.contains_key(&id) {
             return refuse(format!("forward id {id} is already open"));
@@ -265,13 +294,45 @@ impl Session {
         if let Err(reason) = super::access::for_forward(&cfg.allow, req.proto, &req.options) {
             return refuse(reason);
         }
+        let rights = match self.rights() {
+            Ok(r) => r,
+            Err(reason) => return refuse(reason),
+        };
+        let mut scope = None;
+        if let Some(u) = &rights {
+            if let Err(reason) = check_rights(u, &mut req) {
+                return refuse(reason);
+            }
+            scope = u.ports.clone();
+            let max = u.max_tunnels.unwrap_or(cfg.max_tunnels);
+            let name = self
+                .info
+                .owner
+                .user
+                .clone()
+                .unwrap_or_else(|| Arc::from(""));
+            if self.ctx.state.take_user_tunnel(&name, max).is_err() {
+                return refuse(format!(
+                    "tunnel limit reached ({max} for {name} across all of its sessions)"
+                ));
+            }
+        }
         let speed_limit = lower_limit(req.speed_limit, cfg.speed_limit);
-        match req.proto {
-            Proto::Tcp => self.open_tcp(req, speed_limit).await.unwrap_or_else(refuse),
-            Proto::Http => super::http::open(self, req, speed_limit)
-                .await
-                .unwrap_or_else(refuse),
-            Proto::Udp => self.open_udp(req, speed_limit).await.unwrap_or_else(refuse),
+        let speed_limit = lower_limit(speed_limit, rights.as_ref().and_then(|u| u.speed_limit));
+        let scope = scope.as_ref();
+        let result = match req.proto {
+            Proto::Tcp => self.open_tcp(req, speed_limit, scope).await,
+            Proto::Http => super::http::open(self, req, speed_limit).await,
+            Proto::Udp => self.open_udp(req, speed_limit, scope).await,
+        };
+        match result {
+            Ok(msg) => msg,
+            Err(reason) => {
+                if let Some(name) = &self.info.owner.user {
+                    self.ctx.state.give_back_user_tunnel(name);
+                }
+                refuse(reason)
+            }
         }
     }
 
@@ -285,6 +346,7 @@ impl Session {
         Arc::new(TunnelInfo {
             id: self.ctx.state.next_id(),
             session_id: self.info.id,
+            user: self.info.owner.user.clone(),
             forward_id: req.id,
             proto: req.proto,
             port,
@@ -306,10 +368,11 @@ impl Session {
         &mut self,
         req: ForwardRequest,
         speed_limit: Option<u64>,
+        scope: Option<&PortSet>,
     ) -> Result<ServerMsg, String> {
         let state = &self.ctx.state;
         let bind_ip = state.config.bind_addr;
-        let (listener, port) = super::ports::claim(state, false, req.remote_port, |p| {
+        let (listener, port) = super::ports::claim(state, false, req.remote_port, scope, |p| {
             tokio::net::TcpListener::bind((bind_ip, p))
         })
         .await?;
@@ -326,10 +389,11 @@ impl Session {
         &mut self,
         req: ForwardRequest,
         speed_limit: Option<u64>,
+        scope: Option<&PortSet>,
     ) -> Result<ServerMsg, String> {
         let state = self.ctx.state.clone();
         let bind_ip = state.config.udp_bind_addr;
-        let (socket, port) = super::ports::claim(&state, true, req.remote_port, |p| {
+        let (socket, port) = super::ports::claim(&state, true, req.remote_port, scope, |p| {
             tokio::net::UdpSocket::bind((bind_ip, p))
         })
         .await?;

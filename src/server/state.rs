@@ -1,10 +1,11 @@
 //! The server's shared state: sessions, tunnels, the ports they hold, and counters.
 //!
-//! Owns who holds which port and the rules for claiming one; it does not bind sockets
+//! Owns who holds which port and the rules for claiming one, and who owns each session
+//! and tunnel (an `Owner`: the user and the client process); it does not bind sockets
 //! (the session does, then records the result here) or talk to peers.
 
-use crate::config::ServerConfig;
-use crate::protocol::{Proto, CLIENT_ID_LEN};
+use crate::config::{PortSet, ServerConfig};
+use crate::protocol::{Proto, CLIENT_ID_LEN, PROOF_LEN};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,10 +14,35 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// Refused logins by reason (Prometheus `pipe_auth_failures_total{reason}`).
+#[derive(Debug, Default)]
+pub struct AuthFailures {
+    /// A wrong token, or an unknown user (the two are not told apart).
+    pub bad_token: AtomicU64,
+    /// Refused without a check: the source address was cooling off.
+    pub cooling_off: AtomicU64,
+    /// A takeover (or a first login) whose proof did not match the client id.
+    pub bad_proof: AtomicU64,
+}
+
+impl AuthFailures {
+    pub fn by_reason(&self) -> [(&'static str, u64); 3] {
+        [
+            ("bad_token", self.bad_token.load(Ordering::Relaxed)),
+            ("cooling_off", self.cooling_off.load(Ordering::Relaxed)),
+            ("bad_proof", self.bad_proof.load(Ordering::Relaxed)),
+        ]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_reason().iter().map(|(_, n)| n).sum()
+    }
+}
+
 /// Process-wide counters (Prometheus `pipe_*`).
 #[derive(Debug, Default)]
 pub struct GlobalStats {
-    pub auth_failures: AtomicU64,
+    pub auth_failures: AuthFailures,
     pub connections_active: AtomicU64,
     pub connections_tcp: AtomicU64,
     pub connections_udp: AtomicU64,
@@ -45,10 +71,28 @@ pub enum SessionEvent {
     TunnelClosed { forward_id: u32, reason: String },
 }
 
+/// Who holds a session and its claims: the user (none for the implicit user of a
+/// single-token or open server) and the client process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub user: Option<Arc<str>>,
+    pub client_id: [u8; CLIENT_ID_LEN],
+}
+
+impl Owner {
+    /// The user's name for logs and the admin API (`-` for the implicit user).
+    pub fn user_name(&self) -> &str {
+        self.user.as_deref().unwrap_or("-")
+    }
+}
+
 #[derive(Debug)]
 pub struct SessionInfo {
     pub id: u64,
-    pub client_id: [u8; CLIENT_ID_LEN],
+    pub owner: Owner,
+    /// The last link of the client's proof chain this server accepted: a takeover must
+    /// present one that hashes forward to it.
+    pub proof: [u8; PROOF_LEN],
     pub addr: SocketAddr,
     pub since: SystemTime,
     pub software: String,
@@ -63,6 +107,8 @@ pub struct SessionInfo {
 pub struct TunnelInfo {
     pub id: u64,
     pub session_id: u64,
+    /// The session's user, when the server has a users file.
+    pub user: Option<Arc<str>>,
     pub forward_id: u32,
     pub proto: Proto,
     /// Public port (the internal one for `Http`).
@@ -113,6 +159,8 @@ struct Registry {
     /// Ports held by a tunnel, or reserved while one is being bound.
     ports: HashMap<PortKey, u64>,
     subdomains: HashMap<String, u64>,
+    /// Tunnels held or being opened per user, across all of the user's sessions.
+    user_tunnels: HashMap<Arc<str>, usize>,
 }
 
 /// Why a port cannot be had; the text goes to the client verbatim.
@@ -138,6 +186,12 @@ pub struct State {
     inner: Mutex<Registry>,
     /// Caddy's admin API, when http forwards are enabled (`domain` + `caddy-admin`).
     pub caddy: Option<Arc<crate::caddy::Caddy>>,
+    /// The users file in force, when the server has one (`--users`).
+    pub accounts: Option<Arc<crate::accounts::Accounts>>,
+    /// Failed logins per source address.
+    pub logins: crate::accounts::throttle::LoginThrottle,
+    /// `sha256:HEX` of the server's own certificate (`--tls-self-signed`).
+    pub tls_fingerprint: Option<String>,
 }
 
 /// Marker in the port map for a port being bound but not yet owned by a tunnel.
@@ -155,7 +209,16 @@ impl State {
             next_id: AtomicU64::new(1),
             reserved: Mutex::default(),
             inner: Mutex::default(),
+            accounts: None,
+            logins: Default::default(),
+            tls_fingerprint: None,
         }
+    }
+
+    /// The same state with a users file in force.
+    pub fn with_accounts(mut self, accounts: crate::accounts::Accounts) -> Self {
+        self.accounts = Some(Arc::new(accounts));
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Registry> {
@@ -214,9 +277,15 @@ impl State {
         Ok(())
     }
 
-    /// Candidate ports for "any port": every allowed port not held, from a random start.
-    pub fn free_port_candidates(&self, udp: bool, limit: usize) -> Vec<u16> {
-        let set = &self.config.ports;
+    /// Candidate ports for "any port": every allowed port not held, from a random start;
+    /// drawn from `scope` (a user's ports) when given.
+    pub fn free_port_candidates(
+        &self,
+        udp: bool,
+        limit: usize,
+        scope: Option<&PortSet>,
+    ) -> Vec<u16> {
+        let set = scope.unwrap_or(&self.config.ports);
         let n = set.len();
         if n == 0 {
             return Vec::new();
@@ -271,6 +340,55 @@ impl State {
         self.lock().sessions.remove(&id);
     }
 
+    /// Live sessions of a user, or of the implicit user with `None`.
+    pub fn sessions_of_user(&self, user: Option<&str>) -> Vec<Arc<SessionInfo>> {
+        self.lock()
+            .sessions
+            .values()
+            .filter(|s| s.owner.user.as_deref() == user)
+            .cloned()
+            .collect()
+    }
+
+    /// Live tunnels of a user.
+    pub fn tunnels_of_user(&self, user: &str) -> Vec<Arc<TunnelInfo>> {
+        let mut v: Vec<_> = self
+            .lock()
+            .tunnels
+            .values()
+            .filter(|t| t.user.as_deref() == Some(user))
+            .cloned()
+            .collect();
+        v.sort_by_key(|t| t.id);
+        v
+    }
+
+    /// Takes one of a user's `max` tunnel places (held until the tunnel is removed or
+    /// the place is given back), or says how many the user holds.
+    pub fn take_user_tunnel(&self, user: &Arc<str>, max: usize) -> Result<(), usize> {
+        let mut reg = self.lock();
+        let n = reg.user_tunnels.entry(user.clone()).or_insert(0);
+        if *n >= max {
+            return Err(*n);
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    /// Gives back a place taken for a tunnel that did not open.
+    pub fn give_back_user_tunnel(&self, user: &str) {
+        Self::release_user_tunnel(&mut self.lock(), user);
+    }
+
+    fn release_user_tunnel(reg: &mut Registry, user: &str) {
+        if let Some(n) = reg.user_tunnels.get_mut(user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                reg.user_tunnels.remove(user);
+            }
+        }
+    }
+
     /// Other live sessions of the same client (a reconnect after a network failure).
     pub fn sessions_of_client(
         &self,
@@ -280,7 +398,7 @@ impl State {
         self.lock()
             .sessions
             .values()
-            .filter(|s| &s.client_id == client_id && s.id != except)
+            .filter(|s| &s.owner.client_id == client_id && s.id != except)
             .cloned()
             .collect()
     }
@@ -307,6 +425,9 @@ impl State {
             }
         }
         reg.subdomains.retain(|_, v| *v != id);
+        if let Some(user) = &t.user {
+            Self::release_user_tunnel(&mut reg, user);
+        }
         self.stats
             .retired_in
             .fetch_add(t.stats.bytes_in.load(Ordering::Relaxed), Ordering::Relaxed);

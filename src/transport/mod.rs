@@ -10,6 +10,7 @@ mod goaway;
 pub mod mux;
 pub mod peers;
 pub mod proxy_protocol;
+pub mod selfsigned;
 pub mod splice;
 mod stream;
 pub mod tcp;

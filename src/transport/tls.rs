@@ -85,6 +85,18 @@ pub fn connector(ca: Option<&Path>) -> Result<TlsConnector, String> {
     Ok(TlsConnector::from(Arc::new(cfg)))
 }
 
+/// A TLS connector that accepts exactly the certificate with this fingerprint.
+pub fn connector_pinned(want: super::selfsigned::Fingerprint) -> Result<TlsConnector, String> {
+    let verifier = Arc::new(super::selfsigned::Pinned::new(want, provider()));
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(cfg)))
+}
+
 /// Parses the name to verify in the server's certificate (a DNS name or an IP).
 pub fn server_name(name: &str) -> Result<ServerName<'static>, String> {
     let name = name.trim_start_matches('[').trim_end_matches(']');

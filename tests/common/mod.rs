@@ -7,6 +7,7 @@
 pub mod certs;
 pub mod http;
 pub mod httpsvc;
+pub mod login;
 pub mod nginx;
 pub mod proxy;
 pub mod redis;

@@ -16,13 +16,14 @@ use std::path::Path;
 // --- configs/ -------------------------------------------------------------------------
 
 /// The files `configs/` must hold; each one and every other file there gets a check.
-const EXPECTED_CONFIGS: [&str; 6] = [
+const EXPECTED_CONFIGS: [&str; 7] = [
     "Caddyfile.on-demand",
     "Caddyfile.wildcard",
     "piped.service",
     "piped.toml",
     "pipec.service",
     "pipec.toml",
+    "users.toml",
 ];
 
 #[test]
@@ -34,6 +35,7 @@ fn every_file_in_configs_is_checked() {
         match name.as_str() {
             "piped.toml" => check_piped_toml(&path),
             "pipec.toml" => check_pipec_toml(&path),
+            "users.toml" => check_users_toml(&path),
             "piped.service" => units::check_unit(&path, "piped"),
             "pipec.service" => units::check_unit(&path, "pipec"),
             n if n.starts_with("Caddyfile.") => caddy::check_caddyfile(&path),
@@ -185,6 +187,61 @@ fn check_pipec_toml(path: &Path) {
         );
     }
     assert!(all.tls, "pipec.toml shows the TLS keys");
+}
+
+/// The keys a `[[user]]` table accepts, from the users-file loader's own error.
+fn user_keys() -> BTreeSet<String> {
+    let err = pipe::accounts::users::parse("[[user]]\nzz-not-a-key = 1\n", Path::new("x"))
+        .expect_err("an unknown key must be refused");
+    let list = err.split_once("expected").expect("a list of keys").1;
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+fn check_users_toml(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    // Point its token-file at a real file, then it must load as shipped.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_temp(dir.path(), "ci-token", "0123456789abcdef0123456789abcdef\n");
+    let text = text.replace(
+        "/run/credentials/piped.service/ci-token",
+        secret.to_str().unwrap(),
+    );
+    let (table, _) = pipe::accounts::users::parse(&text, path).unwrap();
+    assert!(table.len() >= 2, "several users");
+    // Every key a [[user]] table accepts is shown in some table.
+    let doc: toml::Table = toml::from_str(&text).unwrap();
+    let shown: BTreeSet<String> = doc["user"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| t.as_table().unwrap().keys().cloned())
+        .collect();
+    assert_eq!(
+        shown,
+        user_keys(),
+        "[[user]] keys in users.toml vs the loader's"
+    );
+    // The example's ports fit the example server's.
+    let server = server_config(&root().join("configs/piped.toml"));
+    for u in table.users() {
+        let ports = u.ports.as_ref().expect("each example user has ports");
+        assert!((0..ports.len()).all(|i| server.ports.contains(ports.nth(i).unwrap())));
+    }
+    assert_eq!(
+        pipe::config::file::load::<ServerFile>(&write_temp(
+            dir.path(),
+            "piped-users.toml",
+            &format!("users = {:?}\n", path)
+        ))
+        .unwrap()
+        .users
+        .as_deref(),
+        Some(path)
+    );
 }
 
 /// A free loopback port (bound, then released) to serve as the whole `--ports` set.

@@ -78,6 +78,13 @@ fn dockerfile_is_multi_stage_non_root_and_secret_free() {
     let user = *all("USER").last().expect("USER");
     let name = user.split(':').next().unwrap();
     assert!(name != "root" && name != "0", "runs as root: USER {user}");
+    // piped's state (the --tls-self-signed key) lives in a volume that outlives the
+    // container, and piped is told where.
+    assert!(all("VOLUME").contains(&"/var/lib/pipe"), "state volume");
+    assert!(
+        all("ENV").contains(&"STATE_DIRECTORY=/var/lib/pipe"),
+        "STATE_DIRECTORY"
+    );
 
     let exposed: Vec<&str> = all("EXPOSE")
         .iter()

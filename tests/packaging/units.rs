@@ -59,6 +59,11 @@ pub(crate) fn check_unit(path: &Path, bin: &str) {
             .last()
             .is_some_and(|u| *u != "root" && *u != "0");
     assert!(own_user, "{bin}.service must run as its own user");
+    if bin == "piped" {
+        // A persistent state directory: systemd keeps it across restarts and upgrades
+        // and hands it over as $STATE_DIRECTORY (the --tls-self-signed key lives there).
+        assert_eq!(one("StateDirectory"), "pipe");
+    }
     for cap in one("CapabilityBoundingSet").split_whitespace() {
         assert_eq!(
             cap, "CAP_NET_BIND_SERVICE",

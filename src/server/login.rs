@@ -1,0 +1,126 @@
+//! The server's side of a login after the handshake: the audit line, the count of
+//! failures per address, and registering the session, where the takeover rule lives:
+//! only the same user's client that proves the next link of its chain
+//! (`accounts::proof`) may replace a live session and take its claims.
+
+use super::state::{Owner, SessionEvent, SessionInfo};
+use super::Ctx;
+use crate::accounts::{proof, throttle};
+use crate::auth::ClientLogin;
+use crate::protocol::MessageStream;
+use crate::transport::{mux, MuxStream};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// How long a closing connection may take to flush its last frames.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a new session waits for the old session of the same client to let go.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+/// The tracing target of the audit trail: one line per login and per forward.
+pub const AUDIT: &str = "pipe::audit";
+/// A login whose client id is held by a live session it cannot prove it owns.
+const TAKEN_CLIENT_ID: &str =
+    "this client id belongs to a live session that this login cannot prove it owns";
+/// A first login whose proof does not belong to its client id.
+const BAD_PROOF: &str = "the login's proof does not match its client id";
+
+/// Lets a login refusal reach the client, then ends the connection.
+pub(super) async fn close_refused(
+    mut ctl: MessageStream<MuxStream>,
+    stop: &CancellationToken,
+    driver: &mut mux::DriverTask,
+) {
+    let _ = timeout(CLOSE_GRACE, ctl.close()).await;
+    stop.cancel();
+    let _ = timeout(CLOSE_GRACE, driver.finished()).await;
+}
+
+/// One audit line per login: who, from where, and what came of it.
+pub(super) fn audit_login(user: Option<&str>, client: SocketAddr, outcome: &str) {
+    info!(target: AUDIT, user = user.unwrap_or("-"), %client, outcome, "login");
+}
+
+/// Counts a failed login against its address; says so once when it starts cooling off.
+pub(super) fn login_failed(ctx: &Ctx, peer: SocketAddr) {
+    if ctx.state.logins.failed(peer.ip()) {
+        warn!(
+            target: AUDIT,
+            client = %peer.ip(),
+            cool_off = ?throttle::COOL_OFF,
+            "too many failed logins from this address; refusing its logins for the cool-off"
+        );
+    }
+}
+
+/// Registers the session after ending any earlier session of the same client, whose
+/// ports are then free for this one to claim; or says why not. Only the same user's
+/// client that proves the next link of its chain may take over (`accounts::proof`).
+pub(super) async fn register(
+    ctx: &Ctx,
+    who: &ClientLogin,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) -> Result<(Arc<SessionInfo>, mpsc::UnboundedReceiver<SessionEvent>), String> {
+    let owner = Owner {
+        user: who.user.as_deref().map(Arc::from),
+        client_id: who.client_id,
+    };
+    let old = ctx.state.sessions_of_client(&who.client_id, 0);
+    let proven = if old.is_empty() {
+        proof::binds_to_id(&who.proof, &who.client_id)
+    } else {
+        old.iter()
+            .all(|s| s.owner.user == owner.user && proof::follows(&who.proof, &s.proof))
+    };
+    if !proven {
+        ctx.state
+            .stats
+            .auth_failures
+            .bad_proof
+            .fetch_add(1, Relaxed);
+        login_failed(ctx, peer);
+        return Err(if old.is_empty() {
+            BAD_PROOF.to_string()
+        } else {
+            TAKEN_CLIENT_ID.to_string()
+        });
+    }
+    let max = ctx.state.config.max_sessions;
+    let held = ctx.state.sessions_of_user(owner.user.as_deref()).len() - old.len();
+    if held >= max {
+        return Err(format!(
+            "{} already has {held} sessions (the limit is {max})",
+            owner.user.as_deref().unwrap_or("this token")
+        ));
+    }
+    for s in &old {
+        info!(
+            old_session = s.id,
+            "client reconnected; ending its previous session"
+        );
+        s.stop.cancel();
+    }
+    for s in &old {
+        let _ = timeout(TAKEOVER_WAIT, s.closed.cancelled()).await;
+    }
+    let (events, events_rx) = mpsc::unbounded_channel();
+    let info = Arc::new(SessionInfo {
+        id: ctx.state.next_id(),
+        owner,
+        proof: who.proof,
+        addr: peer,
+        since: SystemTime::now(),
+        software: who.software.clone(),
+        stop,
+        closed: CancellationToken::new(),
+        events,
+    });
+    ctx.state.add_session(info.clone());
+    Ok((info, events_rx))
+}
