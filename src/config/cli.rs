@@ -196,7 +196,7 @@ pub struct PipecRunArgs {
     )]
     pub forwards: Vec<ForwardSpec>,
     /// The account to log in as, on a server with a users file.
-    #[arg(long, env = "PIPE_USER")]
+    #[arg(long, env = "PIPE_USER", hide_env_values = true)]
     pub user: Option<String>,
     /// Shared secret for the server's login (the user's token with --user).
     #[arg(long, env = "PIPE_TOKEN", hide_env_values = true)]

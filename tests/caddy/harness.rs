@@ -169,32 +169,34 @@ fn config(dir: &std::path::Path, admin: u16, https: u16, http: u16, opts: &Opts)
 /// files in `dir`: (certificate, key).
 fn wildcard_files(dir: &std::path::Path) -> (String, String) {
     let (cert, key) = (dir.join("wildcard.pem"), dir.join("wildcard.key"));
-    let out = Command::new("openssl")
-        .args([
+    let s = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let (cn, san) = (
+        format!("/CN=*.{DOMAIN}"),
+        format!("subjectAltName=DNS:*.{DOMAIN}"),
+    );
+    crate::common::certs::openssl(
+        dir,
+        &[
             "req",
             "-x509",
             "-newkey",
             "ec",
             "-pkeyopt",
             "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "2", "-subj"])
-        .arg(format!("/CN=*.{DOMAIN}"))
-        .arg("-addext")
-        .arg(format!("subjectAltName=DNS:*.{DOMAIN}"))
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl is installed");
-    assert!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &cn,
+            "-addext",
+            &san,
+            "-keyout",
+            &s(&key),
+            "-out",
+            &s(&cert),
+        ],
     );
-    let s = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
-    (s(cert), s(key))
+    (s(&cert), s(&key))
 }
 
 impl Caddy {

@@ -52,7 +52,8 @@ impl OpensslCert {
 /// The names every openssl certificate here is for.
 const SAN: &str = "subjectAltName=DNS:localhost,IP:127.0.0.1";
 
-fn openssl(dir: &Path, args: &[&str]) {
+/// Runs the openssl command line in `dir`; it must succeed.
+pub fn openssl(dir: &Path, args: &[&str]) {
     let out = std::process::Command::new("openssl")
         .args(args)
         .current_dir(dir)
@@ -63,6 +64,19 @@ fn openssl(dir: &Path, args: &[&str]) {
         "openssl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A new P-256 key for `c` and a certificate request for it with subject `subj`.
+fn key_and_request(dir: &Path, c: &OpensslCert, csr: &str, subj: &str) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let out = ["-keyout", c.key(), "-out", csr, "-subj", subj];
+    openssl(dir, &[&["req", "-new"][..], &ec, &out].concat());
 }
 
 fn paths(dir: &Path, name: &str) -> OpensslCert {
@@ -122,24 +136,7 @@ pub fn openssl_expired(dir: &Path, name: &str) -> OpensslCert {
     .unwrap();
     let csr = db.join("req.csr");
     let csr = csr.to_str().unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            c.key(),
-            "-out",
-            csr,
-            "-subj",
-            "/CN=localhost",
-        ],
-    );
+    key_and_request(dir, &c, csr, "/CN=localhost");
     let (cnf, ext) = (db.join("ca.cnf"), db.join("ext.cnf"));
     openssl(
         dir,
@@ -174,24 +171,7 @@ pub fn openssl_ca_signed_by(dir: &Path, name: &str, issuer: &OpensslCert) -> Ope
     std::fs::write(&ext, format!("basicConstraints=critical,CA:TRUE\n{SAN}\n")).unwrap();
     let csr = dir.join(format!("{name}.csr"));
     let csr = csr.to_str().unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            c.key(),
-            "-out",
-            csr,
-            "-subj",
-            "/O=pipe test/CN=localhost",
-        ],
-    );
+    key_and_request(dir, &c, csr, "/O=pipe test/CN=localhost");
     openssl(
         dir,
         &[
