@@ -44,7 +44,7 @@ pub struct PipedArgs {
     /// Shared secret clients must prove; without one the server is open.
     #[arg(long, env = "PIPE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Users file ([[user]] tables: name, token, ports, subdomains, ...); reloaded on
+    /// Users file (TOML `[[user]]` tables: name, token, ports, subdomains, ...); reloaded on
     /// SIGHUP and when it changes.
     #[arg(long, value_name = "FILE")]
     pub users: Option<PathBuf>,
@@ -184,7 +184,7 @@ pub enum PipecCommand {
 
 #[derive(Debug, Args)]
 pub struct PipecRunArgs {
-    /// The piped control address, HOST[:PORT] [default port: 8910]
+    /// The piped control address, `HOST[:PORT]` (the port defaults to 8910)
     #[arg(long)]
     pub server: Option<String>,
     // The help text is an attribute, not a doc comment: rustdoc would read its
