@@ -1,7 +1,7 @@
 //! TCP tunnels: the public accept loop and one yamux stream per visitor.
 
-use super::real_addr::{self, Source, Visitor};
-use super::state::{ConnGuard, State, TunnelInfo};
+use super::real_addr::{self, RefuseHeader, Source, Visitor};
+use super::state::{ConnGuard, TunnelInfo};
 use super::streams::{StreamPermit, TunnelBudget};
 use super::Ctx;
 use crate::limit::RateLimiter;
@@ -46,7 +46,7 @@ pub async fn accept_loop(listener: TcpListener, t: Arc<TunnelCtx>) {
             }
         };
         let source = visitor_source(&t, peer);
-        if source == Source::Peer && !t.tunnel.access.admits(peer.ip()) {
+        if source.is_peer() && !t.tunnel.access.admits(peer.ip()) {
             debug!(%peer, "visitor refused by the tunnel's access rules");
             continue;
         }
@@ -89,14 +89,14 @@ async fn visitor(
         Err(e) => return debug!(error = %e, "visitor address not learnt; closed"),
     };
     // A visitor announced by a load balancer meets the rules the TCP peer met above.
-    if source != Source::Peer && !t.tunnel.access.admits(v.addr.ip()) {
+    if !source.is_peer() && !t.tunnel.access.admits(v.addr.ip()) {
         return debug!(visitor = %v.addr, "visitor refused by the tunnel's access rules");
     }
     // Counted from here: a refused visitor is no connection of the tunnel's.
     let _guard = ConnGuard::new(t.ctx.state.clone(), t.tunnel.clone());
     let result = tokio::select! {
         _ = t.tunnel.stop.cancelled() => return,
-        r = carry(&mut sock, v, &t, &t.ctx.state) => r,
+        r = carry(&mut sock, v, source, &t) => r,
     };
     match result {
         Ok(()) => debug!("visitor done"),
@@ -107,8 +107,8 @@ async fn visitor(
 async fn carry(
     sock: &mut TcpStream,
     v: Visitor,
+    source: Source,
     t: &TunnelCtx,
-    _state: &State,
 ) -> Result<(), String> {
     let mut stream = t.mux.open().await.map_err(|e| e.to_string())?;
     let header = StreamHeader {
@@ -137,7 +137,17 @@ async fn carry(
         limit_b_to_a: t.limits.as_ref().map(|l| l.1.clone()),
         half_closed_idle: None,
     };
-    let result = splice(sock, &mut stream, opts).await;
+    let result = if source == Source::PeerNoHeader {
+        splice(&mut RefuseHeader::new(sock), &mut stream, opts).await
+    } else {
+        splice(sock, &mut stream, opts).await
+    };
+    if matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied) {
+        // Reset, so the sender does not take it for a clean end; no byte of the
+        // header went on, and the stream is reset under the local service.
+        tcp::reset_on_close(sock);
+        debug!(visitor = %v.addr, "{}", real_addr::UNTRUSTED_HEADER);
+    }
     tcp::pass_reset(&result, sock);
     result.map(|_| ()).map_err(|e| e.to_string())
 }

@@ -174,6 +174,42 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Announced, usize)>, ProxyHeaderError>
     }
 }
 
+/// The bytes every v1 header starts with.
+const V1_SIGNATURE: &[u8] = b"PROXY ";
+/// The bytes every v2 header starts with.
+const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// Whether a connection whose first bytes are `buf` opens with a PROXY header:
+/// `Some(true)` once a whole signature is there, `Some(false)` as soon as it cannot be
+/// one, `None` while `buf` is a (possibly empty) start of a signature.
+///
+/// ```
+/// use pipe::transport::proxy_protocol::opens_with_header;
+/// assert_eq!(opens_with_header(b"PROXY TCP4 "), Some(true));
+/// assert_eq!(opens_with_header(b"\r\n\r\n\0\r\nQUIT\n\x21"), Some(true));
+/// assert_eq!(opens_with_header(b"PRO"), None);
+/// assert_eq!(opens_with_header(b"\r\n\r"), None);
+/// assert_eq!(opens_with_header(b"PROXIMA"), Some(false));
+/// assert_eq!(opens_with_header(b"GET / HTTP/1.1\r\n"), Some(false));
+/// ```
+pub fn opens_with_header(buf: &[u8]) -> Option<bool> {
+    let mut undecided = false;
+    for sig in [V1_SIGNATURE, V2_SIGNATURE] {
+        let n = buf.len().min(sig.len());
+        if buf[..n] == sig[..n] {
+            if n == sig.len() {
+                return Some(true);
+            }
+            undecided = true;
+        }
+    }
+    if undecided {
+        None
+    } else {
+        Some(false)
+    }
+}
+
 /// Reads a header off `r`. Returns what it announced and the bytes read past it,
 /// which belong to the connection's payload.
 pub async fn read<R: AsyncRead + Unpin>(
