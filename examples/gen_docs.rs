@@ -58,7 +58,9 @@ fn extra_sections(name: &str) -> String {
 .TP\n\\fBPIPE_ADMIN_TOKEN\\fR\nThe bearer token of the admin routes (as \\-\\-admin\\-token).\n\
 .TP\n\\fBPIPE_UDP_BIND_ADDR\\fR\nWhere public UDP sockets bind (as \\-\\-udp\\-bind\\-addr).\n"
         }
-        _ => ".TP\n\\fBPIPE_TOKEN\\fR\nThe server's shared secret (as \\-\\-token).\n",
+        _ => ".TP\n\\fBPIPE_TOKEN\\fR\nThe server's shared secret, or the user's token (as \\-\\-token).\n\
+.TP\n\\fBPIPE_USER\\fR\nThe user name to log in as (as \\-\\-user).\n\
+.TP\n\\fBPIPE_INSPECT_TOKEN\\fR\nThe bearer token of the inspector's API (as \\-\\-inspect\\-token).\n",
     };
     let common_env = ".TP\n\\fBRUST_LOG\\fR\nLog filter, e.g. debug or info,pipe=trace; overrides \\-v and \\-q.\n\
 .TP\n\\fBNO_COLOR\\fR\nSet: no colours even on a terminal.\n";

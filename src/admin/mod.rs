@@ -105,7 +105,7 @@ impl Admin {
 }
 
 /// The credentials of an `Authorization: Bearer T` header (the scheme is case-insensitive).
-fn bearer(value: &str) -> Option<&str> {
+pub(crate) fn bearer(value: &str) -> Option<&str> {
     let (scheme, rest) = value.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")

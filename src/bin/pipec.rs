@@ -56,7 +56,14 @@ async fn client(cfg: ClientConfig) -> ExitCode {
     let shutdown = CancellationToken::new();
     tokio::spawn(pipe::signals::cancel_on_signal(shutdown.clone()));
     if let Some(addr) = cfg.inspect.clone() {
-        match pipe::client::inspect::start(&addr, cfg.forwards.clone(), shutdown.clone()).await {
+        match pipe::client::inspect::start(
+            &addr,
+            cfg.inspect_token.clone(),
+            cfg.forwards.clone(),
+            shutdown.clone(),
+        )
+        .await
+        {
             Ok(local) => pipe::logging::stdout_line(&format_args!("inspect on http://{local}")),
             Err(e) => {
                 pipe::logging::fatal(&e);

@@ -240,7 +240,11 @@ pub struct PipecRunArgs {
     /// Local UDP sockets per UDP forward [default: 1024]
     #[arg(long)]
     pub udp_max_peers: Option<usize>,
-    /// Serve the request inspector on ADDR (loopback only) [default: 127.0.0.1:4040]
+    /// Serve the request inspector on ADDR (loopback only unless --inspect-token is
+    /// set) [default: 127.0.0.1:4040]
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = crate::client::inspect::DEFAULT_ADDR)]
     pub inspect: Option<String>,
+    /// Bearer token required by the inspector's API (its page asks for it once).
+    #[arg(long, env = "PIPE_INSPECT_TOKEN", hide_env_values = true)]
+    pub inspect_token: Option<String>,
 }

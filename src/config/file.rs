@@ -74,6 +74,8 @@ pub struct ClientFile {
     pub log_format: Option<String>,
     /// The inspector's address (`pipec --inspect`).
     pub inspect: Option<String>,
+    /// The inspector API's bearer token (`pipec --inspect-token`).
+    pub inspect_token: Option<String>,
 }
 
 /// One `[[forward]]` table.

@@ -390,6 +390,8 @@ pub struct ClientConfig {
     pub udp_max_peers: usize,
     /// The inspector's address, when it runs.
     pub inspect: Option<String>,
+    /// The bearer token its API requires, if any.
+    pub inspect_token: Option<Token>,
     pub log: LogConfig,
 }
 
@@ -513,6 +515,11 @@ impl ClientConfig {
                     .unwrap_or(DEFAULT_UDP_MAX_PEERS),
             )?,
             inspect,
+            inspect_token: a
+                .inspect_token
+                .or(f.inspect_token)
+                .filter(|t| !t.is_empty())
+                .map(Token::new),
             log: LogConfig::new(log, f.log_format.as_deref())?,
         })
     }

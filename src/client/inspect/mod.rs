@@ -34,21 +34,32 @@ pub fn store() -> Option<Arc<Store>> {
     STORE.get().cloned()
 }
 
-/// Resolves the inspect address; anything but loopback is refused, as the admin
-/// refuses it without a token (the inspector shows whole requests, credentials
-/// included, and has no token of its own).
-pub async fn addrs(addr: &str) -> Result<Vec<SocketAddr>, String> {
+/// Resolves the inspect address; without a token anything but loopback is refused, as
+/// the admin refuses it (the inspector shows whole requests, credentials included, and
+/// replays them).
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use pipe::client::inspect::addrs;
+/// assert!(addrs("127.0.0.1:0", false).await.is_ok());
+/// let e = addrs("0.0.0.0:0", false).await.unwrap_err();
+/// assert!(e.contains("set --inspect-token"), "{e}");
+/// assert!(addrs("0.0.0.0:0", true).await.is_ok());
+/// # });
+/// ```
+pub async fn addrs(addr: &str, has_token: bool) -> Result<Vec<SocketAddr>, String> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
         .await
         .map_err(|e| format!("invalid inspect address {addr:?}: {e}"))?
         .collect();
     match addrs.iter().find(|a| !a.ip().is_loopback()) {
         _ if addrs.is_empty() => Err(format!("invalid inspect address {addr:?}: no address")),
-        Some(a) => Err(format!(
-            "inspect address {a} is not a loopback address: the inspector shows whole \
-             requests and has no token, so it listens on loopback only"
+        Some(a) if !has_token => Err(format!(
+            "refusing to serve the inspector on {a}: it is not a loopback address and no \
+             inspect token is set (set --inspect-token, or bind it to 127.0.0.1); it \
+             shows whole requests, credentials included"
         )),
-        None => Ok(addrs),
+        _ => Ok(addrs),
     }
 }
 
@@ -72,13 +83,17 @@ impl StartError {
 }
 
 /// Binds the inspector, makes it the process's, and serves it until `shutdown`;
-/// returns the bound address.
+/// returns the bound address. With `token`, its API answers only requests that carry
+/// it as a bearer token; the page itself asks for it.
 pub async fn start(
     addr: &str,
+    token: Option<crate::auth::Token>,
     forwards: Vec<crate::config::ForwardSpec>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<SocketAddr, StartError> {
-    let addrs = self::addrs(addr).await.map_err(StartError::Address)?;
+    let addrs = self::addrs(addr, token.is_some())
+        .await
+        .map_err(StartError::Address)?;
     let listener = tokio::net::TcpListener::bind(&addrs[..])
         .await
         .map_err(|error| StartError::Bind {
@@ -91,6 +106,6 @@ pub async fn start(
     })?;
     let store = Store::new(DEFAULT_CAPACITY, DEFAULT_BODY_CAP);
     install(store.clone());
-    tokio::spawn(serve(listener, store, forwards, shutdown));
+    tokio::spawn(serve(listener, store, token, forwards, shutdown));
     Ok(local)
 }

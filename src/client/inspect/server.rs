@@ -4,9 +4,11 @@
 
 use super::store::{Exchange, Recorder, Store};
 use super::tap::Tap;
+use crate::auth::Token;
 use crate::config::ForwardSpec;
-use axum::extract::{Path, Query};
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, Request};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -30,6 +32,7 @@ const PAGE: &str = include_str!("page.html");
 struct Inspector {
     store: Arc<Store>,
     routes: Vec<ForwardSpec>,
+    token: Option<Token>,
 }
 
 type Shared = Extension<Arc<Inspector>>;
@@ -38,20 +41,51 @@ type Shared = Extension<Arc<Inspector>>;
 pub async fn serve(
     listener: TcpListener,
     store: Arc<Store>,
+    token: Option<Token>,
     routes: Vec<ForwardSpec>,
     shutdown: CancellationToken,
 ) {
-    let app = Router::new()
-        .route("/", get(|| async { Html(PAGE) }))
+    let api = Router::new()
         .route("/api/requests", get(list))
         .route("/api/requests/{id}", get(detail))
         .route("/api/requests/{id}/replay", post(replay))
-        .layer(Extension(Arc::new(Inspector { store, routes })));
+        .route_layer(middleware::from_fn(require_token));
+    let app = Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .merge(api)
+        .layer(Extension(Arc::new(Inspector {
+            store,
+            routes,
+            token,
+        })));
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
     if let Err(e) = served {
         error!(error = %e, "inspector server failed");
+    }
+}
+
+/// With a token set, the API answers only a request bearing it (the page is public:
+/// it holds no data, and asks for the token).
+async fn require_token(Extension(i): Shared, req: Request, next: Next) -> Response {
+    let Some(token) = &i.token else {
+        return next.run(req).await;
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::admin::bearer);
+    if presented.is_some_and(|p| token.matches(p)) {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "this inspector needs its token (Authorization: Bearer TOKEN)",
+        )
+            .into_response()
     }
 }
 
