@@ -183,7 +183,10 @@ async fn proxy_aware_echo() -> (u16, tokio::sync::mpsc::UnboundedReceiver<Seen>)
                         break;
                     }
                 }
-                let _ = tx.send(Seen { src: a.src, payload });
+                let _ = tx.send(Seen {
+                    src: a.src,
+                    payload,
+                });
             });
         }
     });
@@ -242,7 +245,10 @@ async fn a_trusted_load_balancer_names_the_visitor_and_others_cannot() {
     let drain = async {
         while let Some(s) = seen.recv().await {
             assert!(s.payload.is_empty() || s.payload == b"PROXIMA", "{s:?}");
-            assert_eq!(s.src.map(|a| a.ip().to_string()).as_deref(), Some("127.0.0.6"));
+            assert_eq!(
+                s.src.map(|a| a.ip().to_string()).as_deref(),
+                Some("127.0.0.6")
+            );
             if s.payload == b"PROXIMA" {
                 last = Some(s);
                 break;

@@ -229,7 +229,8 @@ fn a_non_loopback_inspect_address_is_refused() {
     );
     assert_eq!(p.wait_exit(WAIT), 2);
     assert!(
-        p.stderr().contains("is not a loopback address"),
+        p.stderr()
+            .contains("is not a loopback address and no inspect token is set"),
         "{}",
         p.stderr()
     );
@@ -319,4 +320,128 @@ async fn memory_run(per_conn: usize) {
         peak < INSPECT_RSS_CAP_KIB,
         "pipec RSS {peak} KiB over the cap {INSPECT_RSS_CAP_KIB} KiB"
     );
+}
+
+/// A WebSocket echo server (tokio-tungstenite): every message comes back as sent.
+async fn websocket_echo() -> u16 {
+    use futures::{SinkExt, StreamExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_close() {
+                        break;
+                    }
+                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Sends text and binary messages (up to 256 KiB) over a WebSocket through `port` and
+/// returns the echoes, in order.
+async fn websocket_session(port: u16) -> Vec<tokio_tungstenite::tungstenite::Message> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let url = format!("ws://127.0.0.1:{port}/chat");
+    let (mut ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, tcp))
+        .await
+        .unwrap()
+        .expect("the WebSocket handshake crosses the tunnel");
+    assert_eq!(resp.status(), 101);
+    let mut echoes = Vec::new();
+    for i in 0..50usize {
+        let m = if i % 2 == 0 {
+            // Text that looks like HTTP must not be taken for a request.
+            Message::text(format!(
+                "GET /not-a-request/{i} HTTP/1.1\r\nHost: x\r\n\r\n"
+            ))
+        } else {
+            Message::binary(random_bytes((i * 5237) % (256 * 1024) + 1, i as u64))
+        };
+        ws.send(m).await.unwrap();
+        let echo = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        echoes.push(echo);
+    }
+    ws.close(None).await.unwrap();
+    echoes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_echo_through_the_inspector_is_untouched_and_shown_as_an_upgrade() {
+    let service = websocket_echo().await;
+    let pair = start_pair(service);
+    let plain = websocket_session(pair.plain).await;
+    let inspected = websocket_session(pair.inspected).await;
+    assert_eq!(plain.len(), 50);
+    assert!(plain[0].is_text() && plain[1].is_binary());
+    assert_eq!(inspected, plain, "every echoed message, in order");
+
+    // The handshake is listed as an upgrade; no message was taken for a request.
+    let list = http(pair.inspect, "GET", "/api/requests", None)
+        .await
+        .json();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["url"], "/chat");
+    assert_eq!(list[0]["status"], 101);
+    assert_eq!(list[0]["upgraded"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inspect_token_guards_the_api_while_the_page_asks_for_it() {
+    let service = common::httpsvc::start(Arc::new(Vec::new())).await;
+    let server = Piped::start(&[]);
+    let fwd = format!("tcp:127.0.0.1:{service}:0,inspect=true");
+    let mut client = Pipec::spawn(
+        server.addr,
+        &[
+            "--inspect",
+            "127.0.0.1:0",
+            "--inspect-token",
+            "inspect-secret-7",
+            "--forward",
+            &fwd,
+        ],
+    );
+    let line = client.proc.wait_line("inspect on http://", WAIT);
+    let inspect: SocketAddr = line["inspect on http://".len()..].parse().unwrap();
+    let port = client.wait_forwarding();
+    let answer = converse(port, &[b"GET /n/1 HTTP/1.1\r\nHost: x\r\n\r\n"], None).await;
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+
+    for token in [None, Some("wrong"), Some("inspect-secret-")] {
+        let r = http(inspect, "GET", "/api/requests", token).await;
+        assert_eq!(r.status, 401, "{token:?}");
+        assert!(r.body.contains("needs its token"), "{}", r.body);
+        let r = http(inspect, "POST", "/api/requests/1/replay", token).await;
+        assert_eq!(r.status, 401, "{token:?}");
+    }
+    let page = http(inspect, "GET", "/", None).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("id=\"auth-form\""));
+
+    // With the token: the one exchange, not replayed by the refused attempts above.
+    let list = http(inspect, "GET", "/api/requests", Some("inspect-secret-7")).await;
+    assert_eq!(list.status, 200);
+    let list = list.json();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["url"], "/n/1");
+    // The tunnel is untouched by the refusals.
+    let again = converse(port, &[b"GET /n/2 HTTP/1.1\r\nHost: x\r\n\r\n"], None).await;
+    assert!(again.starts_with(b"HTTP/1.1 200"));
 }
