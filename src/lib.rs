@@ -23,6 +23,6 @@ pub mod signals;
 pub mod transport;
 
 /// `--version` text: the software version and the wire protocol version.
-pub const VERSION_LINE: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol v2)");
+pub const VERSION_LINE: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol v3)");
 // `concat!` takes only literals: bumping the protocol version must update the line above.
-const _: () = assert!(protocol::PROTOCOL_VERSION == 2, "update VERSION_LINE");
+const _: () = assert!(protocol::PROTOCOL_VERSION == 3, "update VERSION_LINE");

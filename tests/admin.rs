@@ -376,3 +376,88 @@ async fn auth_failures_count_wrong_token_logins() {
     let s = get(admin, "/api/server").await.json();
     assert_eq!(s["auth_failures"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_name_labels_the_api_and_metrics_and_outlives_its_client() {
+    let echo = echo_service().await;
+    let (server, admin) = admin_server(&[]);
+    let named = format!("tcp:127.0.0.1:{}:0,name=db-main", echo.port);
+    let plain = format!("tcp:127.0.0.1:{}:0", echo.port);
+    let (client, ports) = Pipec::start(server.addr, &["--forward", &named, "--forward", &plain], 2);
+    let (db, other) = (ports[0], ports[1]);
+    let t = tunnel_on(admin, db).await.expect("the named tunnel");
+    assert_eq!(
+        (t["name"].as_str(), t["key"].clone()),
+        (Some("db-main"), Value::from(format!("tcp:{db}")))
+    );
+    let t = tunnel_on(admin, other).await.expect("the unnamed tunnel");
+    assert_eq!(t["name"], t["key"]);
+    assert_eq!(t["name"], format!("tcp:{other}"));
+    assert_eq!(echo_roundtrip(db, b"select 1").await, b"select 1");
+
+    let series = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("pipe_tunnel_connections_total{"))
+            .map(str::to_string)
+            .collect()
+    };
+    let r = get(admin, "/metrics").await;
+    let lines = series(&r.body);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("name=\"db-main\"") && l.contains(&format!("public=\"{db}\""))),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("name=\"tcp:{other}\""))),
+        "{lines:?}"
+    );
+
+    // The client goes and a new one asks for the same port under the same name: the
+    // series and the history continue under that name and key.
+    drop(client);
+    until("the old tunnel to go", || async move {
+        tunnel_on(admin, db).await.is_none()
+    })
+    .await;
+    let again = format!("tcp:127.0.0.1:{}:{db},name=db-main", echo.port);
+    let (_client, ports) = Pipec::start(server.addr, &["--forward", &again], 1);
+    assert_eq!(ports, [db]);
+    assert_eq!(tunnel_on(admin, db).await.unwrap()["name"], "db-main");
+    let r = get(admin, "/metrics").await;
+    assert!(series(&r.body)
+        .iter()
+        .any(|l| l.contains("name=\"db-main\"")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_or_repeated_forward_name_exits_2_before_any_login() {
+    let (server, admin) = admin_server(&[]);
+    for (forwards, said) in [
+        (
+            vec!["tcp:1:0,name=my db"],
+            "invalid name \"my db\": ' ' is not allowed",
+        ),
+        (
+            vec!["tcp:1:0,name="],
+            "invalid name \"\": 1 to 64 characters",
+        ),
+        (
+            vec!["tcp:1:0,name=web", "tcp:2:0,name=web"],
+            "two forwards are named \"web\": names must differ",
+        ),
+    ] {
+        let mut args = vec!["--server".to_string(), server.addr.to_string()];
+        for f in forwards {
+            args.extend(["--forward".to_string(), f.to_string()]);
+        }
+        let mut p = Proc::spawn(pipec_bin(), &args);
+        assert_eq!(p.wait_exit(WAIT), 2, "{}", p.stderr());
+        assert!(p.stderr().contains(said), "{said}: {}", p.stderr());
+    }
+    let clients = get(admin, "/api/clients").await.json();
+    assert_eq!(clients.as_array().map(Vec::len), Some(0), "{clients}");
+}

@@ -65,8 +65,11 @@ pub struct ClientView {
 #[derive(Serialize)]
 pub struct TunnelView {
     pub id: u64,
-    /// A name that survives restarts: the subdomain, or `PROTO:PORT`.
+    /// What the client named the forward (`name=web`), else [`TunnelView::key`].
     pub name: String,
+    /// The tunnel's unique, stable key: the subdomain, or `PROTO:PORT` (clients get
+    /// their ports back after a reconnect). The dashboard's history is kept by it.
+    pub key: String,
     /// The session (`ClientView::id`) that owns the tunnel.
     pub client: u64,
     /// The user whose session owns the tunnel, on a server with a users file.
@@ -91,9 +94,14 @@ pub struct TunnelView {
     pub speed_limit: Option<u64>,
 }
 
-/// A tunnel's stable name: the subdomain of an http tunnel, else `PROTO:PORT`
-/// (clients get their ports back after a reconnect, so the name stays).
+/// A tunnel's name: the one its client gave it, else its key. Both survive restarts.
 pub fn tunnel_name(t: &TunnelInfo) -> String {
+    t.name.clone().unwrap_or_else(|| tunnel_key(t))
+}
+
+/// A tunnel's key, unique on the server and stable across reconnects: the subdomain
+/// of an http tunnel, else `PROTO:PORT`.
+pub fn tunnel_key(t: &TunnelInfo) -> String {
     let sub = t
         .url
         .as_deref()
@@ -172,6 +180,7 @@ fn tunnel_view(t: &TunnelInfo, client_addr: Option<String>) -> TunnelView {
     TunnelView {
         id: t.id,
         name: tunnel_name(t),
+        key: tunnel_key(t),
         client: t.session_id,
         user: t.user.as_deref().map(str::to_string),
         client_addr,

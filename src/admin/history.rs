@@ -2,12 +2,13 @@
 //! the whole server, sampled every [`SAMPLE_INTERVAL`] into rings that hold the last
 //! [`WINDOW`]. In memory only: a restart starts the history afresh.
 //!
-//! Tunnels are keyed by their stable name (`api::tunnel_name`), so a client that
-//! reconnects keeps its history; a name absent for a whole window is forgotten.
+//! Tunnels are keyed by their stable key (`api::tunnel_key`: the subdomain or
+//! `PROTO:PORT`), so a client that reconnects keeps its history; a key absent for a
+//! whole window is forgotten.
 //! At most [`MAX_SERIES`] tunnels are tracked, so the memory is bounded whatever
 //! clients do.
 
-use super::api::tunnel_name;
+use super::api::tunnel_key;
 use crate::server::state::State;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -107,7 +108,7 @@ impl History {
         let active = state.stats.connections_active.load(Ordering::Relaxed);
         let mut seen = Vec::new();
         for t in state.tunnels() {
-            let name = tunnel_name(&t);
+            let name = tunnel_key(&t);
             if !inner.tunnels.contains_key(&name) && inner.tunnels.len() >= MAX_SERIES {
                 continue;
             }

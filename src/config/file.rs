@@ -89,6 +89,8 @@ pub struct ForwardTable {
     #[serde(default)]
     pub remote_port: u16,
     pub subdomain: Option<String>,
+    /// What the admin API, the dashboard and the metrics call it.
+    pub name: Option<String>,
     pub speed_limit: Option<Rate>,
     /// Visitor address ranges admitted (CIDR strings).
     #[serde(default)]

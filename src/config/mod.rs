@@ -456,6 +456,14 @@ impl ClientConfig {
         for fw in &mut forwards {
             fw.speed_limit = fw.speed_limit.or(client_limit);
         }
+        let mut names = std::collections::HashSet::new();
+        if let Some(dup) = forwards
+            .iter()
+            .filter_map(|f| f.options.name.as_deref())
+            .find(|n| !names.insert(*n))
+        {
+            return Err(format!("two forwards are named {dup:?}: names must differ").into());
+        }
         let (heartbeat_interval, heartbeat_timeout) = heartbeats(
             a.heartbeat_interval.or(f.heartbeat_interval),
             a.heartbeat_timeout.or(f.heartbeat_timeout),
@@ -551,6 +559,7 @@ fn forward_from_table(t: file::ForwardTable) -> Result<ForwardSpec, ConfigError>
         subdomain: t.subdomain,
         speed_limit: t.speed_limit.map(|r| r.0),
         options: options::from_table(
+            t.name.as_deref(),
             &t.allow,
             &t.deny,
             t.basic_auth.as_deref(),

@@ -1,10 +1,12 @@
 //! Forward options: the `,KEY=VALUE` tail of a `--forward` spec and the same keys of a
-//! `[[forward]]` table (`allow`, `deny`, `basic-auth`, `proxy-protocol`,
-//! `speed-limit`). Pure parsing; the rules are enforced by the server
+//! `[[forward]]` table (`name`, `allow`, `deny`, `basic-auth`, `proxy-protocol`,
+//! `inspect`, `speed-limit`). Pure parsing; the rules are enforced by the server
 //! (`server::access`) and the PROXY header is written by the client.
 
 use super::values::Rate;
-use crate::protocol::{BasicAuth, Cidr, ForwardOptions, Proto, ProxyVersion, MAX_RULES};
+use crate::protocol::{
+    check_forward_name, BasicAuth, Cidr, ForwardOptions, Proto, ProxyVersion, MAX_RULES,
+};
 
 /// Options parsed from one forward, before they are checked against its protocol.
 #[derive(Debug, Default)]
@@ -26,6 +28,9 @@ pub(super) struct Parsed {
 /// assert_eq!(f.options.basic_auth.unwrap().user, "ann");
 /// assert!("tcp:3000:0,basic-auth=a:b".parse::<ForwardSpec>().is_err());
 /// assert!("tcp:3000:0,colour=red".parse::<ForwardSpec>().is_err());
+/// let f: ForwardSpec = "tcp:5432:0,name=db".parse().unwrap();
+/// assert_eq!(f.options.name.as_deref(), Some("db"));
+/// assert!("tcp:5432:0,name=my db".parse::<ForwardSpec>().is_err());
 /// assert!("tcp:3000:0,allow".parse::<ForwardSpec>().is_err());
 /// ```
 pub(super) fn parse_tail(spec: &str, tail: &str) -> Result<Parsed, String> {
@@ -50,6 +55,11 @@ fn set(p: &mut Parsed, key: &str, value: &str) -> Result<(), String> {
         }
     };
     match key {
+        "name" => {
+            once(p.options.name.is_some())?;
+            check_forward_name(value)?;
+            p.options.name = Some(value.to_string());
+        }
         "allow" => p.options.allow.push(value.parse()?),
         "deny" => p.options.deny.push(value.parse()?),
         "basic-auth" => {
@@ -74,8 +84,9 @@ fn set(p: &mut Parsed, key: &str, value: &str) -> Result<(), String> {
         }
         k => {
             return Err(format!(
-            "unknown option {k:?} (allow, deny, basic-auth, proxy-protocol, inspect, speed-limit)"
-        ))
+                "unknown option {k:?} (name, allow, deny, basic-auth, proxy-protocol, inspect, \
+             speed-limit)"
+            ))
         }
     }
     Ok(())
@@ -83,6 +94,7 @@ fn set(p: &mut Parsed, key: &str, value: &str) -> Result<(), String> {
 
 /// The option keys of a `[[forward]]` table, as written in the file.
 pub(super) fn from_table(
+    name: Option<&str>,
     allow: &[String],
     deny: &[String],
     basic_auth: Option<&str>,
@@ -93,7 +105,11 @@ pub(super) fn from_table(
             .map(|s| s.parse())
             .collect::<Result<Vec<Cidr>, _>>()
     };
+    if let Some(n) = name {
+        check_forward_name(n)?;
+    }
     Ok(ForwardOptions {
+        name: name.map(str::to_string),
         allow: ranges(allow)?,
         deny: ranges(deny)?,
         basic_auth: basic_auth.map(str::parse::<BasicAuth>).transpose()?,

@@ -17,12 +17,14 @@ pub use datagram::{
     datagram_codec, decode_datagram, encode_datagram, MAX_DATAGRAM, MAX_DATAGRAM_FRAME,
 };
 pub use messages::*;
-pub use options::{BasicAuth, Cidr, ForwardOptions, ProxyVersion, MAX_RULES};
+pub use options::{
+    check_forward_name, BasicAuth, Cidr, ForwardOptions, ProxyVersion, MAX_FORWARD_NAME, MAX_RULES,
+};
 
 /// Wire protocol version. Bump it on any change that an older peer would misread;
 /// `Hello` and `ServerHello` keep their leading fields forever so that a peer of any
 /// version can read the other's version and name both in its refusal.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// First bytes of every `Hello`, so that a server can tell a stray HTTP request or a
 /// port scanner from an old `pipec` and say so in its log.

@@ -14,6 +14,8 @@ use std::str::FromStr;
 /// Address ranges per list (`allow`, `deny`) one forward may carry: enough for any
 /// hand-written rule set, small enough that matching every visitor stays trivial.
 pub const MAX_RULES: usize = 64;
+/// Longest forward name (`name=web`), in bytes: a label, not a description.
+pub const MAX_FORWARD_NAME: usize = 64;
 /// Longest basic-auth user name, in bytes.
 pub const MAX_AUTH_USER: usize = 64;
 /// Longest basic-auth password: bcrypt reads only the first 72 bytes, so a longer one
@@ -221,6 +223,38 @@ pub struct ForwardOptions {
     /// Set when the client speaks PROXY protocol to its local service: for `Http` the
     /// server then learns the visitor of each connection from Caddy.
     pub proxy_protocol: Option<ProxyVersion>,
+    /// The name the user gave the forward (protocol v3): the admin API, the dashboard
+    /// and the metrics' `name` label show it instead of the default
+    /// (`PROTO:PORT` or the subdomain).
+    pub name: Option<String>,
+}
+
+/// Checks a forward name: 1 to [`MAX_FORWARD_NAME`] bytes of letters, digits, `.`,
+/// `_` and `-`, so it is safe as a metric label, in a URL and in a log line.
+///
+/// ```
+/// use pipe::protocol::check_forward_name;
+/// assert!(check_forward_name("web-1.staging_eu").is_ok());
+/// assert!(check_forward_name("").is_err());
+/// assert!(check_forward_name("a b").is_err());
+/// assert!(check_forward_name("caf\u{e9}").is_err());
+/// assert!(check_forward_name(&"x".repeat(65)).is_err());
+/// ```
+pub fn check_forward_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_FORWARD_NAME {
+        return Err(format!(
+            "invalid name {name:?}: 1 to {MAX_FORWARD_NAME} characters"
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "invalid name {name:?}: {c:?} is not allowed (letters, digits, '.', '_', '-')"
+        ));
+    }
+    Ok(())
 }
 
 impl ForwardOptions {
@@ -233,6 +267,9 @@ impl ForwardOptions {
             if let Some(bad) = list.iter().find(|c| !c.valid()) {
                 return Err(format!("invalid {name} range {bad}"));
             }
+        }
+        if let Some(name) = &self.name {
+            check_forward_name(name)?;
         }
         match &self.basic_auth {
             Some(a) => a.check(),

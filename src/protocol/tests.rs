@@ -37,12 +37,14 @@ fn options() -> impl Strategy<Value = ForwardOptions> {
         proptest::collection::vec(cidr(), 0..4),
         proptest::option::of((text(), text())),
         proptest::option::of(prop_oneof![Just(ProxyVersion::V1), Just(ProxyVersion::V2)]),
+        proptest::option::of(text()),
     )
-        .prop_map(|(allow, deny, auth, proxy_protocol)| ForwardOptions {
+        .prop_map(|(allow, deny, auth, proxy_protocol, name)| ForwardOptions {
             allow,
             deny,
             basic_auth: auth.map(|(user, password)| BasicAuth { user, password }),
             proxy_protocol,
+            name,
         })
 }
 

@@ -66,6 +66,9 @@ impl Access {
 /// o.allow = vec!["0.0.0.0/0".parse().unwrap()];
 /// let err = for_forward(&ceiling, Proto::Tcp, &o).unwrap_err();
 /// assert!(err.contains("wider than this server admits"), "{err}");
+/// // A name off the wire is checked as the client's parser checks it.
+/// let named = ForwardOptions { name: Some("a\nb".into()), ..Default::default() };
+/// assert!(for_forward(&[], Proto::Tcp, &named).unwrap_err().contains("invalid name"));
 /// ```
 pub fn for_forward(
     server_allow: &[Cidr],

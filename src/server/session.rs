@@ -246,6 +246,13 @@ impl Session {
             (_, None | Some(_)) => req.remote_port.to_string(),
         };
         let proto = req.proto;
+        // Logged only once known to be a plain label (a bad one is refused below).
+        let name = req
+            .options
+            .name
+            .clone()
+            .filter(|n| crate::protocol::check_forward_name(n).is_ok())
+            .unwrap_or_default();
         let reply = self.try_open(req).await;
         let outcome = match &reply {
             ServerMsg::ForwardOk { .. } => "ok",
@@ -259,6 +266,7 @@ impl Session {
             forward = id,
             %proto,
             asked = %what,
+            name,
             outcome,
             "forward"
         );
@@ -351,6 +359,7 @@ impl Session {
             proto: req.proto,
             port,
             url,
+            name: req.options.name.clone(),
             local: req.local.chars().take(256).collect(),
             since: SystemTime::now(),
             speed_limit,

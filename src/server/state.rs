@@ -114,6 +114,8 @@ pub struct TunnelInfo {
     /// Public port (the internal one for `Http`).
     pub port: u16,
     pub url: Option<String>,
+    /// The name the client gave the forward, if any (`name=web`).
+    pub name: Option<String>,
     pub local: String,
     pub since: SystemTime,
     pub speed_limit: Option<u64>,
