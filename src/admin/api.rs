@@ -280,6 +280,7 @@ mod tests {
             proto: Proto::Http,
             port: 40000,
             url: Some("https://myapp.tunnels.example.com".into()),
+            name: None,
             local: "localhost:3000".into(),
             since: SystemTime::now(),
             speed_limit: None,
