@@ -11,6 +11,7 @@ pub mod login;
 pub mod nginx;
 pub mod proxy;
 pub mod redis;
+pub mod webdriver;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
