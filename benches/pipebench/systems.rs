@@ -92,6 +92,18 @@ pub struct Running {
     pub procs: Vec<Proc>,
     /// The port visitors connect to (TCP; for UDP systems the same number for both).
     pub port: u16,
+    /// Every forward's public port, in the order asked for (`port` is the first).
+    pub ports: Vec<u16>,
+    /// pipe's inspector address, when one was asked for.
+    pub inspect: Option<String>,
+}
+
+/// One TCP forward of a tunnel started by `start_forwards`: the local port it reaches,
+/// and (pipe only) whether the request inspector watches it.
+#[derive(Clone, Copy, Debug)]
+pub struct Forward {
+    pub backend: u16,
+    pub inspect: bool,
 }
 
 impl Running {
@@ -135,6 +147,8 @@ pub fn start(
         Kind::Direct => Ok(Running {
             procs: vec![],
             port: backend,
+            ports: vec![backend],
+            inspect: None,
         }),
         Kind::Relay => {
             let mut p = Proc::spawn(
@@ -156,6 +170,8 @@ pub fn start(
             Ok(Running {
                 procs: vec![p],
                 port,
+                ports: vec![port],
+                inspect: None,
             })
         }
         Kind::Socat => {
@@ -175,24 +191,63 @@ pub fn start(
             Ok(Running {
                 procs: vec![p],
                 port,
+                ports: vec![port],
+                inspect: None,
             })
         }
         Kind::Pipe { tls, udp } => {
-            start_pipe(sys, env, backend, tls, udp.then_some(udp_port).flatten())
+            let forwards = match udp.then_some(udp_port).flatten() {
+                Some(p) => vec![
+                    format!("tcp:127.0.0.1:{backend}:{p}"),
+                    format!("udp:127.0.0.1:{backend}:{p}"),
+                ],
+                None => vec![format!("tcp:127.0.0.1:{backend}:0")],
+            };
+            start_pipe(sys, env, tls, &forwards, false)
         }
         Kind::Rathole { noise, udp } => {
-            start_rathole(sys, env, backend, noise, udp.then_some(udp_port).flatten())
+            let services = match udp.then_some(udp_port).flatten() {
+                Some(p) => vec![("tcp", backend, p), ("udp", backend, p)],
+                None => vec![("tcp", backend, free_tcp_port())],
+            };
+            start_rathole(sys, env, noise, &services)
         }
         Kind::Bore => start_bore(sys, env, backend),
+    }
+}
+
+/// Starts a tunnel system with several TCP forwards on one client session (pipe: one
+/// `pipec` with a `--forward` each, and `--inspect 127.0.0.1:0` when one is inspected;
+/// rathole: one client with a service each). Other systems carry one forward only.
+pub fn start_forwards(sys: &System, env: &Env, forwards: &[Forward]) -> Result<Running, String> {
+    match sys.kind {
+        Kind::Pipe { tls, udp: false } => {
+            let specs: Vec<String> = forwards
+                .iter()
+                .map(|f| {
+                    let inspect = if f.inspect { ",inspect=true" } else { "" };
+                    format!("tcp:127.0.0.1:{}:0{inspect}", f.backend)
+                })
+                .collect();
+            start_pipe(sys, env, tls, &specs, forwards.iter().any(|f| f.inspect))
+        }
+        Kind::Rathole { noise, udp: false } if forwards.iter().all(|f| !f.inspect) => {
+            let services: Vec<_> = forwards
+                .iter()
+                .map(|f| ("tcp", f.backend, free_tcp_port()))
+                .collect();
+            start_rathole(sys, env, noise, &services)
+        }
+        _ => Err(format!("{}: not a tunnel with several forwards", sys.name)),
     }
 }
 
 fn start_pipe(
     sys: &System,
     env: &Env,
-    backend: u16,
     tls: bool,
-    udp: Option<u16>,
+    forwards: &[String],
+    inspect: bool,
 ) -> Result<Running, String> {
     let mut server_args: Vec<String> = [
         "--listen",
@@ -215,6 +270,9 @@ fn start_pipe(
         ]);
         client_extra.extend(["--tls".into(), "--tls-ca".into(), ca.display().to_string()]);
     }
+    if inspect {
+        client_extra.extend(["--inspect".into(), "127.0.0.1:0".into()]);
+    }
     let mut server = Proc::spawn(
         &format!("{} piped", sys.name),
         Command::new(sys.bin_dir.join("piped"))
@@ -229,14 +287,7 @@ fn start_pipe(
     let mut client_args: Vec<String> =
         vec!["--server".into(), addr, "--token".into(), TOKEN.into()];
     client_args.extend(client_extra);
-    let forwards = match udp {
-        Some(p) => vec![
-            format!("tcp:127.0.0.1:{backend}:{p}"),
-            format!("udp:127.0.0.1:{backend}:{p}"),
-        ],
-        None => vec![format!("tcp:127.0.0.1:{backend}:0")],
-    };
-    for f in &forwards {
+    for f in forwards {
         client_args.extend(["--forward".into(), f.clone()]);
     }
     let mut client = Proc::spawn(
@@ -246,9 +297,26 @@ fn start_pipe(
             .args(&client_args),
         false,
     )?;
-    let mut port = 0;
-    for want in ["tcp://", "udp://"].iter().take(forwards.len()) {
-        port = client
+    let inspect = if inspect {
+        // Printed before the session starts; a forward's line would never come without it.
+        let addr = client
+            .wait_for(READY, |l| {
+                l.strip_prefix("inspect on http://")
+                    .map(|a| a.trim().to_string())
+            })
+            .map_err(|e| format!("no inspector: {e}"))?;
+        Some(addr)
+    } else {
+        None
+    };
+    let mut ports = Vec::new();
+    for f in forwards {
+        let want = if f.starts_with("udp:") {
+            "udp://"
+        } else {
+            "tcp://"
+        };
+        let port = client
             .wait_for(READY, |l| {
                 l.strip_prefix("forwarding ")
                     .filter(|r| r.starts_with(want))
@@ -257,10 +325,13 @@ fn start_pipe(
                     .and_then(|p| p.parse::<u16>().ok())
             })
             .map_err(|e| format!("{e} (server: {})", server.tail()))?;
+        ports.push(port);
     }
     Ok(Running {
         procs: vec![server, client],
-        port,
+        port: ports.first().copied().unwrap_or(0),
+        ports,
+        inspect,
     })
 }
 
@@ -268,18 +339,17 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// rathole with one service per `(type, backend, public port)`; the first is `port`.
 fn start_rathole(
     sys: &System,
     env: &Env,
-    backend: u16,
     noise: bool,
-    udp: Option<u16>,
+    services: &[(&str, u16, u16)],
 ) -> Result<Running, String> {
     if !env.rathole.exists() {
         return Err(format!("{} is not installed", env.rathole.display()));
     }
     let control = free_tcp_port();
-    let public = udp.unwrap_or_else(free_tcp_port);
     let (s_transport, c_transport) = if noise {
         let (private, public_key) = env.noise.as_ref().ok_or("no noise keys")?;
         (
@@ -292,20 +362,16 @@ fn start_rathole(
             "type = \"tcp\"\n".to_string(),
         )
     };
-    let mut s = format!(
-        "[server]\nbind_addr = \"127.0.0.1:{control}\"\ndefault_token = \"{TOKEN}\"\n\
-         [server.services.bench]\nbind_addr = \"127.0.0.1:{public}\"\n"
-    );
-    let mut c = format!(
-        "[client]\nremote_addr = \"127.0.0.1:{control}\"\ndefault_token = \"{TOKEN}\"\n\
-         [client.services.bench]\nlocal_addr = \"127.0.0.1:{backend}\"\n"
-    );
-    if udp.is_some() {
+    let mut s =
+        format!("[server]\nbind_addr = \"127.0.0.1:{control}\"\ndefault_token = \"{TOKEN}\"\n");
+    let mut c =
+        format!("[client]\nremote_addr = \"127.0.0.1:{control}\"\ndefault_token = \"{TOKEN}\"\n");
+    for (i, (kind, backend, public)) in services.iter().enumerate() {
         s += &format!(
-            "[server.services.benchudp]\ntype = \"udp\"\nbind_addr = \"127.0.0.1:{public}\"\n"
+            "[server.services.bench{i}]\ntype = \"{kind}\"\nbind_addr = \"127.0.0.1:{public}\"\n"
         );
         c += &format!(
-            "[client.services.benchudp]\ntype = \"udp\"\nlocal_addr = \"127.0.0.1:{backend}\"\n"
+            "[client.services.bench{i}]\ntype = \"{kind}\"\nlocal_addr = \"127.0.0.1:{backend}\"\n"
         );
     }
     s += &format!("[server.transport]\n{s_transport}");
@@ -325,17 +391,25 @@ fn start_rathole(
         Command::new(&env.rathole).arg("--client").arg(&cp),
         false,
     )?;
-    // The server binds a service's port once that service's control channel is up.
-    let want = format!("Listening at 127.0.0.1:{public}");
-    for _ in 0..(if udp.is_some() { 2 } else { 1 }) {
-        server
-            .wait_for(READY, |l| l.contains(&want).then_some(()))
+    // The server binds a service's port once that service's control channel is up; the
+    // services come up in any order.
+    let mut want: Vec<String> = services
+        .iter()
+        .map(|(_, _, p)| format!("Listening at 127.0.0.1:{p}"))
+        .collect();
+    while !want.is_empty() {
+        let i = server
+            .wait_for(READY, |l| want.iter().position(|w| l.contains(w.as_str())))
             .map_err(|e| format!("{e} (client: {})", client.tail()))?;
+        want.remove(i);
     }
     client.drain();
+    let ports: Vec<u16> = services.iter().map(|(_, _, p)| *p).collect();
     Ok(Running {
         procs: vec![server, client],
-        port: public,
+        port: ports[0],
+        ports,
+        inspect: None,
     })
 }
 
@@ -375,5 +449,7 @@ fn start_bore(sys: &System, env: &Env, backend: u16) -> Result<Running, String> 
     Ok(Running {
         procs: vec![server, client],
         port,
+        ports: vec![port],
+        inspect: None,
     })
 }
