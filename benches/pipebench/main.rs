@@ -1,11 +1,13 @@
 //! `pipebench`: the benchmark harness of issue 5 (relay vs socat; pipe tunnel vs rathole
-//! vs bore; UDP; TLS). Run it through `bash benches/run.sh`, which installs the peers,
+//! vs bore; UDP; TLS), with issue 15's memory and stalled-visitor rows and issue 16's
+//! inspector row. Run it through `bash benches/run.sh`, which installs the peers,
 //! builds, enters a network namespace of its own and calls `pipebench run`.
 //!
 //! The same binary is the load generator: the orchestrator starts `pipebench echo`,
-//! `connrate`, `rtt` and `hold` as separate processes so that their sockets and CPU never
-//! count against the system measured.
+//! `connrate`, `rtt`, `hold`, `backend`, `bulk`, `stall` and `httpget` as separate
+//! processes so that their sockets and CPU never count against the system measured.
 
+mod bulk;
 mod harness;
 mod load;
 mod machine;
@@ -29,6 +31,10 @@ fn main() {
         Some("connrate") => load::connrate(&args[1..]),
         Some("rtt") => load::rtt(&args[1..]),
         Some("hold") => load::hold(&args[1..]),
+        Some("backend") => bulk::backend(),
+        Some("bulk") => bulk::bulk(&args[1..]),
+        Some("stall") => bulk::stall(&args[1..]),
+        Some("httpget") => bulk::httpget(&args[1..]),
         Some("run") => run(&args[1..]),
         Some("report") => rereport(&args[1..]),
         // `cargo bench` / `cargo test --benches` call us with libtest flags: say how to
