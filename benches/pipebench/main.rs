@@ -15,6 +15,7 @@ mod monitor;
 mod procs;
 mod report;
 mod stats;
+mod stress;
 mod systems;
 mod targets;
 mod workloads;
@@ -83,8 +84,11 @@ fn run(args: &[String]) {
         rtt_secs: parse(args, "--rtt-secs", 2.0),
         udp_rate: arg(args, "--udp-rate").unwrap_or_else(|| "500M".into()),
         udp_len: parse(args, "--udp-len", 1400),
-        workloads: list(args, "--workloads")
-            .unwrap_or_else(|| ["tcp", "udp", "echo", "mem"].map(String::from).to_vec()),
+        workloads: list(args, "--workloads").unwrap_or_else(|| {
+            ["tcp", "udp", "echo", "mem", "stall", "inspect"]
+                .map(String::from)
+                .to_vec()
+        }),
         only: list(args, "--only"),
     };
     let mut pipe_bins = vec![PipeBuild {
