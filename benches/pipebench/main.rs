@@ -14,6 +14,7 @@ mod machine;
 mod monitor;
 mod procs;
 mod report;
+mod report_stress;
 mod stats;
 mod stress;
 mod systems;
