@@ -16,7 +16,7 @@
 # beside a sibling tunnel), inspect (pipe's HTTP inspector vs a plain forward).
 # Options go to `pipebench run`, e.g. `--rounds 3`, `--workloads tcp,echo`,
 # `--only pipe,rathole`, `--out-md /tmp/x.md`, `--variant LABEL=DIR` (A/B another build
-# of piped/pipec). CARGO_TARGET_DIR is honoured. Takes ~10 minutes of measuring on a
+# of piped/pipec). CARGO_TARGET_DIR is honoured. Takes ~17 minutes of measuring on a
 # 2-core machine, plus the builds the first time.
 set -euo pipefail
 

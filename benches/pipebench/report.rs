@@ -101,7 +101,7 @@ fn machine(o: &mut String, d: &RunData) {
     }
     let _ = writeln!(
         o,
-        "| run time | {:.0} s; {} rounds (memory: {}) |",
+        "| run time | {:.0} s; {} rounds (memory and stalled visitors: {}) |",
         d.elapsed_secs,
         rounds(&d.samples, "tcp").max(rounds(&d.samples, "echo")),
         rounds(&d.samples, "mem")
