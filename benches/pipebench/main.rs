@@ -12,6 +12,7 @@ mod harness;
 mod load;
 mod machine;
 mod monitor;
+mod peers;
 mod procs;
 mod report;
 mod report_stress;
