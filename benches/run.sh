@@ -11,9 +11,12 @@
 #    the machine's loopback) and runs every workload over every system in one run;
 # 4. writes docs/BENCHMARKS.md (and the raw run to benches/.cache/last-run.json).
 #
+# Workloads (all by default): tcp, udp, echo, mem (memory given back after a bulk load,
+# then 1,000/10,000 idle connections on the same processes), stall (200 stalled visitors
+# beside a sibling tunnel), inspect (pipe's HTTP inspector vs a plain forward).
 # Options go to `pipebench run`, e.g. `--rounds 3`, `--workloads tcp,echo`,
 # `--only pipe,rathole`, `--out-md /tmp/x.md`, `--variant LABEL=DIR` (A/B another build
-# of piped/pipec). CARGO_TARGET_DIR is honoured. Takes ~10 minutes of measuring on a
+# of piped/pipec). CARGO_TARGET_DIR is honoured. Takes ~17 minutes of measuring on a
 # 2-core machine, plus the builds the first time.
 set -euo pipefail
 
@@ -69,6 +72,11 @@ fi
 ARGS=(run --root "$ROOT" --bin-dir "$TARGET/release" --cache "$CACHE"
     --out-md "$ROOT/docs/BENCHMARKS.md" --out-json "$CACHE/last-run.json"
     --command "bash benches/run.sh${*:+ $*}" "$@")
+
+# net.ipv4.tcp_mem is not visible inside a network namespace on every kernel; the
+# stall workload reports the host's pressure threshold beside the kernel's TCP memory.
+PIPEBENCH_TCP_MEM=$(cat /proc/sys/net/ipv4/tcp_mem 2>/dev/null || true)
+export PIPEBENCH_TCP_MEM
 
 NS="pipebench-$$"
 if [ "$(id -u)" = 0 ] && ip netns add "$NS" 2>/dev/null; then

@@ -9,7 +9,8 @@
 //! - `hold`: opens N connections, proves each one with a 1-byte echo, keeps them idle,
 //!   and grows on `add N` lines from stdin until stdin closes.
 //!
-//! Every loop is bounded in time; results are one JSON line on stdout.
+//! Every loop is bounded in time; results are one JSON line on stdout. The bulk
+//! generators (`backend`, `bulk`, `stall`, `httpget`) are in `bulk`.
 
 use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
@@ -18,15 +19,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Bound on any single connect or echo in the load generators.
-const OP_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections `hold` opens at once.
-const HOLD_PARALLEL: usize = 128;
+pub(crate) const HOLD_PARALLEL: usize = 128;
 /// Bound on one `hold` growth step, however many connections fail or hang.
-const HOLD_STEP_DEADLINE: Duration = Duration::from_secs(45);
+pub(crate) const HOLD_STEP_DEADLINE: Duration = Duration::from_secs(45);
 /// Ping-pongs before `rtt` starts recording.
 const RTT_WARMUP: usize = 200;
 
-fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -40,13 +41,13 @@ fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-fn num(args: &[String], name: &str, default: f64) -> f64 {
+pub(crate) fn num(args: &[String], name: &str, default: f64) -> f64 {
     arg(args, name)
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
 
-fn addr(args: &[String]) -> SocketAddr {
+pub(crate) fn addr(args: &[String]) -> SocketAddr {
     arg(args, "--addr")
         .and_then(|a| a.parse().ok())
         .expect("--addr HOST:PORT")

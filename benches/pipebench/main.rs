@@ -1,18 +1,23 @@
 //! `pipebench`: the benchmark harness of issue 5 (relay vs socat; pipe tunnel vs rathole
-//! vs bore; UDP; TLS). Run it through `bash benches/run.sh`, which installs the peers,
+//! vs bore; UDP; TLS), with issue 15's memory and stalled-visitor rows and issue 16's
+//! inspector row. Run it through `bash benches/run.sh`, which installs the peers,
 //! builds, enters a network namespace of its own and calls `pipebench run`.
 //!
 //! The same binary is the load generator: the orchestrator starts `pipebench echo`,
-//! `connrate`, `rtt` and `hold` as separate processes so that their sockets and CPU never
-//! count against the system measured.
+//! `connrate`, `rtt`, `hold`, `backend`, `bulk`, `stall` and `httpget` as separate
+//! processes so that their sockets and CPU never count against the system measured.
 
+mod bulk;
 mod harness;
 mod load;
 mod machine;
 mod monitor;
+mod peers;
 mod procs;
 mod report;
+mod report_stress;
 mod stats;
+mod stress;
 mod systems;
 mod targets;
 mod workloads;
@@ -29,6 +34,10 @@ fn main() {
         Some("connrate") => load::connrate(&args[1..]),
         Some("rtt") => load::rtt(&args[1..]),
         Some("hold") => load::hold(&args[1..]),
+        Some("backend") => bulk::backend(),
+        Some("bulk") => bulk::bulk(&args[1..]),
+        Some("stall") => bulk::stall(&args[1..]),
+        Some("httpget") => bulk::httpget(&args[1..]),
         Some("run") => run(&args[1..]),
         Some("report") => rereport(&args[1..]),
         // `cargo bench` / `cargo test --benches` call us with libtest flags: say how to
@@ -77,8 +86,11 @@ fn run(args: &[String]) {
         rtt_secs: parse(args, "--rtt-secs", 2.0),
         udp_rate: arg(args, "--udp-rate").unwrap_or_else(|| "500M".into()),
         udp_len: parse(args, "--udp-len", 1400),
-        workloads: list(args, "--workloads")
-            .unwrap_or_else(|| ["tcp", "udp", "echo", "mem"].map(String::from).to_vec()),
+        workloads: list(args, "--workloads").unwrap_or_else(|| {
+            ["tcp", "udp", "echo", "mem", "stall", "inspect"]
+                .map(String::from)
+                .to_vec()
+        }),
         only: list(args, "--only"),
     };
     let mut pipe_bins = vec![PipeBuild {

@@ -160,6 +160,11 @@ impl Proc {
             .map_err(|e| format!("{}: {e}", self.name))
     }
 
+    /// Closes the process's stdin (a load process that waits for it to end goes on).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
     /// Is the process still running?
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -360,4 +365,25 @@ pub fn settled_rss_kib(pgids: &[u32]) -> u64 {
         last = now;
     }
     last
+}
+
+/// The kernel's TCP memory, pages: the `mem` field of the `TCP:` line of
+/// /proc/net/sockstat. It counts the buffers of every TCP socket of the host, whatever
+/// its network namespace.
+pub fn tcp_mem_pages() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = s.lines().find(|l| l.starts_with("TCP:"))?;
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let i = f.iter().position(|w| *w == "mem")?;
+    f.get(i + 1)?.parse().ok()
+}
+
+/// The kernel's TCP memory-pressure threshold, pages (the middle of net.ipv4.tcp_mem).
+/// Inside a network namespace the file may be missing: benches/run.sh reads it on the
+/// host first and passes it as `PIPEBENCH_TCP_MEM`.
+pub fn tcp_mem_pressure_pages() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_mem")
+        .ok()
+        .or_else(|| std::env::var("PIPEBENCH_TCP_MEM").ok())?;
+    s.split_whitespace().nth(1)?.parse().ok()
 }

@@ -1,11 +1,12 @@
 //! Turns a run's samples into docs/BENCHMARKS.md: the machine (and how busy the rest of
-//! it was), the command, medians with their spread, the targets of issue 5 marked met or
-//! not met, the tuning notes and every raw sample. A system that did not run shows why,
+//! it was), the command, medians with their spread, the targets of issues 5 and 15 marked
+//! met or not met, the tuning notes and every raw sample. A system that did not run shows why,
 //! never a number. Numbers come only from the samples: the file is never hand-edited.
 
 use crate::harness::Sample;
 use crate::machine::Machine;
 use crate::monitor::Summary;
+use crate::report_stress;
 use crate::stats::{cell, fmt_num, med, missing_notes, short, stat, systems_in, Cell};
 use crate::targets::{per_conn_kib, targets};
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,9 @@ pub fn markdown(d: &RunData, tuning: Option<&str>) -> String {
     tcp(&mut o, &d.samples);
     echo(&mut o, &d.samples);
     memory(&mut o, &d.samples);
+    report_stress::give_back(&mut o, &d.samples);
+    report_stress::stall(&mut o, &d.samples);
+    report_stress::inspect(&mut o, &d.samples);
     udp(&mut o, d);
     tls(&mut o, &d.samples);
     let _ = writeln!(o, "\n## Tuning\n");
@@ -97,7 +101,7 @@ fn machine(o: &mut String, d: &RunData) {
     }
     let _ = writeln!(
         o,
-        "| run time | {:.0} s; {} rounds (memory: {}) |",
+        "| run time | {:.0} s; {} rounds (memory and stalled visitors: {}) |",
         d.elapsed_secs,
         rounds(&d.samples, "tcp").max(rounds(&d.samples, "echo")),
         rounds(&d.samples, "mem")
@@ -149,7 +153,7 @@ fn opt(x: Option<f64>, unit: &str, d: usize) -> String {
 }
 
 fn target_table(o: &mut String, s: &[Sample]) {
-    let _ = writeln!(o, "## Targets (issue 5)\n");
+    let _ = writeln!(o, "## Targets (issues 5 and 15)\n");
     let _ = writeln!(
         o,
         "| measure | target | pipe | peer | ratio | |\n| --- | --- | --- | --- | --- | --- |"
@@ -256,8 +260,12 @@ fn memory(o: &mut String, s: &[Sample]) {
     let _ = writeln!(
         o,
         "\n## Memory\n\nRSS (VmRSS) of the system's processes (server + client), MiB: right \
-         after start, then holding 1,000 and 10,000 idle connections opened by a load process \
-         of its own (each proven with a 1-byte echo first). The open-file limit is 20,000 per \
+         after start (\"idle\"), then holding 1,000 and 10,000 idle connections opened by a \
+         load process of its own (each proven with a 1-byte echo first). The connections are \
+         held by the same processes after they carried the bulk load of [Memory given \
+         back](#memory-given-back-issue-15) and sat idle for 10 s, not by fresh ones (issue 15: \
+         a figure on fresh processes hides what a load leaves behind); KiB per connection is \
+         counted from the RSS just before the first connection. The open-file limit is 20,000 per \
          process; a design that spends two sockets per connection in one process runs out there \
          before 10,000. socat forks one process per connection: its 1,000 figure is the sum over \
          1,001 processes (pages shared between the forks count once per process, so the sum \

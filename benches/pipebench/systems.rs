@@ -3,18 +3,20 @@
 //! A started system is the processes that make it up (measured for RSS and CPU) and the
 //! port a visitor connects to. A system that cannot start (a binary missing, a feature
 //! not built yet, a fixed port taken) is an error string: reported, never a number.
+//! How the peers (rathole, bore) are started is in `peers`.
 
-use crate::procs::{free_tcp_port, tcp_listening, wait_listening, Proc};
-use std::path::{Path, PathBuf};
+use crate::peers;
+use crate::procs::{free_tcp_port, wait_listening, Proc};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 /// How long any system gets to become ready.
-const READY: Duration = Duration::from_secs(15);
+pub(crate) const READY: Duration = Duration::from_secs(15);
 /// bore's control port: fixed in bore 0.6 (no flag), so the harness runs in a network
 /// namespace of its own where nothing else can hold it.
 pub const BORE_CONTROL_PORT: u16 = 7835;
-const TOKEN: &str = "pipebench-token";
+pub(crate) const TOKEN: &str = "pipebench-token";
 /// socat's listen backlog: tokio's default, which the relay gets. socat's own default (5)
 /// drops connections when the memory workload opens them 128 at a time.
 const SOCAT_BACKLOG: u32 = 1024;
@@ -92,6 +94,18 @@ pub struct Running {
     pub procs: Vec<Proc>,
     /// The port visitors connect to (TCP; for UDP systems the same number for both).
     pub port: u16,
+    /// Every forward's public port, in the order asked for (`port` is the first).
+    pub ports: Vec<u16>,
+    /// pipe's inspector address, when one was asked for.
+    pub inspect: Option<String>,
+}
+
+/// One TCP forward of a tunnel started by `start_forwards`: the local port it reaches,
+/// and (pipe only) whether the request inspector watches it.
+#[derive(Clone, Copy, Debug)]
+pub struct Forward {
+    pub backend: u16,
+    pub inspect: bool,
 }
 
 impl Running {
@@ -135,6 +149,8 @@ pub fn start(
         Kind::Direct => Ok(Running {
             procs: vec![],
             port: backend,
+            ports: vec![backend],
+            inspect: None,
         }),
         Kind::Relay => {
             let mut p = Proc::spawn(
@@ -156,6 +172,8 @@ pub fn start(
             Ok(Running {
                 procs: vec![p],
                 port,
+                ports: vec![port],
+                inspect: None,
             })
         }
         Kind::Socat => {
@@ -175,24 +193,63 @@ pub fn start(
             Ok(Running {
                 procs: vec![p],
                 port,
+                ports: vec![port],
+                inspect: None,
             })
         }
         Kind::Pipe { tls, udp } => {
-            start_pipe(sys, env, backend, tls, udp.then_some(udp_port).flatten())
+            let forwards = match udp.then_some(udp_port).flatten() {
+                Some(p) => vec![
+                    format!("tcp:127.0.0.1:{backend}:{p}"),
+                    format!("udp:127.0.0.1:{backend}:{p}"),
+                ],
+                None => vec![format!("tcp:127.0.0.1:{backend}:0")],
+            };
+            start_pipe(sys, env, tls, &forwards, false)
         }
         Kind::Rathole { noise, udp } => {
-            start_rathole(sys, env, backend, noise, udp.then_some(udp_port).flatten())
+            let services = match udp.then_some(udp_port).flatten() {
+                Some(p) => vec![("tcp", backend, p), ("udp", backend, p)],
+                None => vec![("tcp", backend, free_tcp_port())],
+            };
+            peers::start_rathole(sys, env, noise, &services)
         }
-        Kind::Bore => start_bore(sys, env, backend),
+        Kind::Bore => peers::start_bore(sys, env, backend),
+    }
+}
+
+/// Starts a tunnel system with several TCP forwards on one client session (pipe: one
+/// `pipec` with a `--forward` each, and `--inspect 127.0.0.1:0` when one is inspected;
+/// rathole: one client with a service each). Other systems carry one forward only.
+pub fn start_forwards(sys: &System, env: &Env, forwards: &[Forward]) -> Result<Running, String> {
+    match sys.kind {
+        Kind::Pipe { tls, udp: false } => {
+            let specs: Vec<String> = forwards
+                .iter()
+                .map(|f| {
+                    let inspect = if f.inspect { ",inspect=true" } else { "" };
+                    format!("tcp:127.0.0.1:{}:0{inspect}", f.backend)
+                })
+                .collect();
+            start_pipe(sys, env, tls, &specs, forwards.iter().any(|f| f.inspect))
+        }
+        Kind::Rathole { noise, udp: false } if forwards.iter().all(|f| !f.inspect) => {
+            let services: Vec<_> = forwards
+                .iter()
+                .map(|f| ("tcp", f.backend, free_tcp_port()))
+                .collect();
+            peers::start_rathole(sys, env, noise, &services)
+        }
+        _ => Err(format!("{}: not a tunnel with several forwards", sys.name)),
     }
 }
 
 fn start_pipe(
     sys: &System,
     env: &Env,
-    backend: u16,
     tls: bool,
-    udp: Option<u16>,
+    forwards: &[String],
+    inspect: bool,
 ) -> Result<Running, String> {
     let mut server_args: Vec<String> = [
         "--listen",
@@ -215,6 +272,9 @@ fn start_pipe(
         ]);
         client_extra.extend(["--tls".into(), "--tls-ca".into(), ca.display().to_string()]);
     }
+    if inspect {
+        client_extra.extend(["--inspect".into(), "127.0.0.1:0".into()]);
+    }
     let mut server = Proc::spawn(
         &format!("{} piped", sys.name),
         Command::new(sys.bin_dir.join("piped"))
@@ -229,14 +289,7 @@ fn start_pipe(
     let mut client_args: Vec<String> =
         vec!["--server".into(), addr, "--token".into(), TOKEN.into()];
     client_args.extend(client_extra);
-    let forwards = match udp {
-        Some(p) => vec![
-            format!("tcp:127.0.0.1:{backend}:{p}"),
-            format!("udp:127.0.0.1:{backend}:{p}"),
-        ],
-        None => vec![format!("tcp:127.0.0.1:{backend}:0")],
-    };
-    for f in &forwards {
+    for f in forwards {
         client_args.extend(["--forward".into(), f.clone()]);
     }
     let mut client = Proc::spawn(
@@ -246,9 +299,26 @@ fn start_pipe(
             .args(&client_args),
         false,
     )?;
-    let mut port = 0;
-    for want in ["tcp://", "udp://"].iter().take(forwards.len()) {
-        port = client
+    let inspect = if inspect {
+        // Printed before the session starts; a forward's line would never come without it.
+        let addr = client
+            .wait_for(READY, |l| {
+                l.strip_prefix("inspect on http://")
+                    .map(|a| a.trim().to_string())
+            })
+            .map_err(|e| format!("no inspector: {e}"))?;
+        Some(addr)
+    } else {
+        None
+    };
+    let mut ports = Vec::new();
+    for f in forwards {
+        let want = if f.starts_with("udp:") {
+            "udp://"
+        } else {
+            "tcp://"
+        };
+        let port = client
             .wait_for(READY, |l| {
                 l.strip_prefix("forwarding ")
                     .filter(|r| r.starts_with(want))
@@ -257,123 +327,12 @@ fn start_pipe(
                     .and_then(|p| p.parse::<u16>().ok())
             })
             .map_err(|e| format!("{e} (server: {})", server.tail()))?;
+        ports.push(port);
     }
     Ok(Running {
         procs: vec![server, client],
-        port,
-    })
-}
-
-fn write(path: &Path, text: &str) -> Result<(), String> {
-    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn start_rathole(
-    sys: &System,
-    env: &Env,
-    backend: u16,
-    noise: bool,
-    udp: Option<u16>,
-) -> Result<Running, String> {
-    if !env.rathole.exists() {
-        return Err(format!("{} is not installed", env.rathole.display()));
-    }
-    let control = free_tcp_port();
-    let public = udp.unwrap_or_else(free_tcp_port);
-    let (s_transport, c_transport) = if noise {
-        let (private, public_key) = env.noise.as_ref().ok_or("no noise keys")?;
-        (
-            format!("type = \"noise\"\n[server.transport.noise]\nlocal_private_key = \"{private}\"\n"),
-            format!("type = \"noise\"\n[client.transport.noise]\nremote_public_key = \"{public_key}\"\n"),
-        )
-    } else {
-        (
-            "type = \"tcp\"\n".to_string(),
-            "type = \"tcp\"\n".to_string(),
-        )
-    };
-    let mut s = format!(
-        "[server]\nbind_addr = \"127.0.0.1:{control}\"\ndefault_token = \"{TOKEN}\"\n\
-         [server.services.bench]\nbind_addr = \"127.0.0.1:{public}\"\n"
-    );
-    let mut c = format!(
-        "[client]\nremote_addr = \"127.0.0.1:{control}\"\ndefault_token = \"{TOKEN}\"\n\
-         [client.services.bench]\nlocal_addr = \"127.0.0.1:{backend}\"\n"
-    );
-    if udp.is_some() {
-        s += &format!(
-            "[server.services.benchudp]\ntype = \"udp\"\nbind_addr = \"127.0.0.1:{public}\"\n"
-        );
-        c += &format!(
-            "[client.services.benchudp]\ntype = \"udp\"\nlocal_addr = \"127.0.0.1:{backend}\"\n"
-        );
-    }
-    s += &format!("[server.transport]\n{s_transport}");
-    c += &format!("[client.transport]\n{c_transport}");
-    let sp = env.work.join(format!("rathole-server-{control}.toml"));
-    let cp = env.work.join(format!("rathole-client-{control}.toml"));
-    write(&sp, &s)?;
-    write(&cp, &c)?;
-    let mut server = Proc::spawn(
-        &format!("{} server", sys.name),
-        Command::new(&env.rathole).arg("--server").arg(&sp),
-        false,
-    )?;
-    wait_listening(control, READY).map_err(|e| format!("{e}: {}", server.tail()))?;
-    let mut client = Proc::spawn(
-        &format!("{} client", sys.name),
-        Command::new(&env.rathole).arg("--client").arg(&cp),
-        false,
-    )?;
-    // The server binds a service's port once that service's control channel is up.
-    let want = format!("Listening at 127.0.0.1:{public}");
-    for _ in 0..(if udp.is_some() { 2 } else { 1 }) {
-        server
-            .wait_for(READY, |l| l.contains(&want).then_some(()))
-            .map_err(|e| format!("{e} (client: {})", client.tail()))?;
-    }
-    client.drain();
-    Ok(Running {
-        procs: vec![server, client],
-        port: public,
-    })
-}
-
-fn start_bore(sys: &System, env: &Env, backend: u16) -> Result<Running, String> {
-    if !env.bore.exists() {
-        return Err(format!("{} is not installed", env.bore.display()));
-    }
-    if tcp_listening(BORE_CONTROL_PORT) {
-        return Err(format!(
-            "bore's fixed control port {BORE_CONTROL_PORT} is taken (run through benches/run.sh, which uses a network namespace)"
-        ));
-    }
-    let mut server = Proc::spawn(
-        &format!("{} server", sys.name),
-        Command::new(&env.bore).args(["server", "--bind-addr", "127.0.0.1"]),
-        false,
-    )?;
-    wait_listening(BORE_CONTROL_PORT, READY).map_err(|e| format!("{e}: {}", server.tail()))?;
-    let mut client = Proc::spawn(
-        &format!("{} local", sys.name),
-        Command::new(&env.bore).args([
-            "local".to_string(),
-            backend.to_string(),
-            "--local-host".into(),
-            "127.0.0.1".into(),
-            "--to".into(),
-            "127.0.0.1".into(),
-        ]),
-        false,
-    )?;
-    let port = client.wait_for(READY, |l| {
-        l.split("listening at ")
-            .nth(1)
-            .and_then(|a| a.trim().rsplit(':').next())
-            .and_then(|p| p.parse::<u16>().ok())
-    })?;
-    Ok(Running {
-        procs: vec![server, client],
-        port,
+        port: ports.first().copied().unwrap_or(0),
+        ports,
+        inspect,
     })
 }

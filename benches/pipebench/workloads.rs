@@ -1,5 +1,7 @@
 //! The workloads: what one (workload, system, round) measures and how. Each starts the
-//! system fresh, drives it with iperf3 or a load process of ours, and stops it.
+//! system fresh, drives it with iperf3 or a load process of ours, and stops it. The
+//! workloads of issues 15 and 16 (memory given back, stalled visitors, the inspector)
+//! are in `stress`.
 
 use crate::harness::{metric, Harness, MEM_STEPS, SLACK};
 use crate::procs::{free_dual_port, group_cpu_secs, pin_group, settled_rss_kib, Proc};
@@ -235,11 +237,15 @@ impl Harness {
         m: &mut BTreeMap<String, f64>,
         notes: &mut Vec<String>,
     ) -> Result<(), String> {
-        let backend = self.echo_port()?;
+        let backend = self.backend_port()?;
         let mut run = systems::start(sys, &self.env, backend, None)?;
         let result = (|| {
             let pg = run.pgids();
             metric(m, "rss_idle_mib", settled_rss_kib(&pg) as f64 / 1024.0);
+            // Issue 15: the idle connections below are held by processes that have
+            // carried a bulk load and then been idle for GIVE_BACK_WITHIN.
+            self.give_back(&mut run, m)?;
+            metric(m, "rss_base_mib", settled_rss_kib(&pg) as f64 / 1024.0);
             let mut hold = self.load(
                 "hold",
                 &[
@@ -297,7 +303,7 @@ impl Harness {
     }
 }
 
-fn last_json(lines: Vec<String>) -> Result<serde_json::Value, String> {
+pub(crate) fn last_json(lines: Vec<String>) -> Result<serde_json::Value, String> {
     lines
         .iter()
         .rev()
