@@ -610,3 +610,87 @@ async fn echo_both_ways(port: u16, data: &[u8]) -> usize {
         .await
         .expect("echo of the load timed out")
 }
+
+/// `tx_queue` (unacknowledged plus unsent bytes) of the IPv4 TCP socket from local port
+/// `local` to remote port `remote`, from /proc/net/tcp.
+fn send_queue(local: u16, remote: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let port = |addr: &str| {
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 5 || port(f[1]) != Some(local) || port(f[2]) != Some(remote) {
+            return None;
+        }
+        let (tx, _) = f[4].split_once(':')?;
+        u64::from_str_radix(tx, 16).ok()
+    })
+}
+
+/// Most the host may queue toward a visitor that stopped reading: `NOTSENT_LOWAT`
+/// (128 KiB) plus one splice write (256 KiB) and what is in flight to its full window,
+/// rounded up. Without the low-water mark the send buffer autotunes to `tcp_wmem`'s
+/// maximum (4 MiB by default) and fills.
+const STALLED_QUEUE_MAX: u64 = 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_that_stops_reading_holds_little_kernel_memory_on_the_server() {
+    // A backend that sends for ever, as fast as it is allowed to.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let chunk = vec![7u8; 256 * 1024];
+                while s.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    let server = Piped::start(&[]);
+    let fwd = format!("tcp:127.0.0.1:{backend}:0");
+    let (_c, ports) = Pipec::start(server.addr, &["--forward", &fwd], 1);
+
+    // The visitor reads one byte, then nothing: its small window fills at once.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut visitor = sock
+        .connect(([127, 0, 0, 1], ports[0]).into())
+        .await
+        .unwrap();
+    let mut one = [0u8; 1];
+    tokio::time::timeout(WAIT, visitor.read_exact(&mut one))
+        .await
+        .unwrap()
+        .unwrap();
+    let me = visitor.local_addr().unwrap().port();
+
+    // Watch piped's side of that connection until its queue stops growing (bounded).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut most, mut steady_since) = (0u64, Instant::now());
+    while Instant::now() < deadline && steady_since.elapsed() < Duration::from_secs(1) {
+        let q = send_queue(ports[0], me).expect("piped's socket toward the visitor");
+        if q > most {
+            most = q;
+            steady_since = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(most > 0, "nothing queued: the download did not start");
+    assert!(
+        most <= STALLED_QUEUE_MAX,
+        "piped queued {most} bytes toward a visitor that stopped reading"
+    );
+    // And the visitor is still served once it reads again.
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0;
+    while got < buf.len() {
+        got += tokio::time::timeout(WAIT, visitor.read(&mut buf[got..]))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert!(buf.iter().all(|&b| b == 7));
+}
