@@ -96,7 +96,7 @@ enum Conn {
 
 async fn dial(ep: &Endpoint) -> io::Result<Conn> {
     match ep {
-        Endpoint::Tcp { host, port } => tcp::dial(host, *port).await.map(Conn::Tcp),
+        Endpoint::Tcp { host, port } => tcp::dial_relay(host, *port).await.map(Conn::Tcp),
         Endpoint::Unix(p) => UnixStream::connect(p).await.map(Conn::Unix),
     }
 }
@@ -137,7 +137,7 @@ pub async fn run(listener: RelayListener, target: Endpoint, stop: CancellationTo
             RelayListener::Tcp(l) => tokio::select! {
                 _ = stop.cancelled() => break,
                 r = l.accept() => r.map(|(s, peer)| {
-                    tcp::tune(&s);
+                    tcp::tune_relay(&s);
                     let span = tracing::debug_span!("relay", %peer);
                     tasks.spawn(
                         async move { pump(s, &target, tcp::reset_on_close).await }.instrument(span),

@@ -22,12 +22,20 @@ const CONTROL_KEEPALIVE: Duration = Duration::from_secs(30);
 /// throughput: 11.3 / 11.5 Gbit/s with 1 / 4 streams, 11.8 / 11.3 without.
 pub const NOTSENT_LOWAT: u32 = 128 * 1024;
 
-/// Options for every proxied socket: interactive traffic (SSH, ping-pong protocols)
-/// must not wait for Nagle's algorithm, and a slow reader may not pile up unsent data
-/// (`NOTSENT_LOWAT`).
+/// Options for every socket a tunnel carries (visitors on piped, local services on
+/// pipec): interactive traffic (SSH, ping-pong protocols) must not wait for Nagle's
+/// algorithm, and a slow reader may not pile up unsent data (`NOTSENT_LOWAT`).
 pub fn tune(stream: &TcpStream) {
-    let _ = stream.set_nodelay(true);
+    tune_relay(stream);
     let _ = socket2::SockRef::from(stream).set_tcp_notsent_lowat(NOTSENT_LOWAT);
+}
+
+/// Options for `pipec relay`'s sockets: no Nagle. Not `NOTSENT_LOWAT`: there it cost
+/// 8% of one stream's throughput and half again the CPU per GB with four (harness A/B,
+/// `--workloads tcp --only relay`), and the relay's one buffer per direction already
+/// bounds what a slow reader makes it hold.
+pub fn tune_relay(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
 }
 
 /// Makes the coming close send RST instead of FIN (SO_LINGER 0): how a reset from the
@@ -56,6 +64,19 @@ pub fn tune_control(stream: &TcpStream) {
 /// bound only to `::1` or only to `127.0.0.1` is found behind `localhost`, even where
 /// the hosts file maps `localhost` to one of them only).
 pub async fn dial(host: &str, port: u16) -> io::Result<TcpStream> {
+    let stream = dial_untuned(host, port).await?;
+    tune(&stream);
+    Ok(stream)
+}
+
+/// `dial` for the relay: its sockets get `tune_relay`.
+pub async fn dial_relay(host: &str, port: u16) -> io::Result<TcpStream> {
+    let stream = dial_untuned(host, port).await?;
+    tune_relay(&stream);
+    Ok(stream)
+}
+
+async fn dial_untuned(host: &str, port: u16) -> io::Result<TcpStream> {
     let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
     if host.eq_ignore_ascii_case("localhost") {
         for ip in [
@@ -74,10 +95,7 @@ pub async fn dial(host: &str, port: u16) -> io::Result<TcpStream> {
     );
     for a in addrs {
         match TcpStream::connect(a).await {
-            Ok(stream) => {
-                tune(&stream);
-                return Ok(stream);
-            }
+            Ok(stream) => return Ok(stream),
             Err(e) => last = e,
         }
     }
