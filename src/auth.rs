@@ -364,6 +364,64 @@ pub async fn server_handshake_named<IO: AsyncRead + AsyncWrite + Unpin>(
     })
 }
 
+/// A node's proof on a peer link: HMAC-SHA256(cluster token, role || own nonce ||
+/// the other's nonce || own name). The role keeps the dialler's tag from being
+/// replayed as the listener's, and both nonces make every link's tags fresh.
+///
+/// ```
+/// use pipe::auth::{peer_tag, peer_tag_matches, Token};
+/// let t = Token::new("cluster");
+/// let tag = peer_tag(&t, b"dial", &[1; 32], &[2; 32], "a");
+/// assert!(peer_tag_matches(&t, b"dial", &[1; 32], &[2; 32], "a", &tag));
+/// assert!(!peer_tag_matches(&t, b"listen", &[1; 32], &[2; 32], "a", &tag));
+/// assert!(!peer_tag_matches(&t, b"dial", &[2; 32], &[1; 32], "a", &tag));
+/// assert!(!peer_tag_matches(&Token::new("x"), b"dial", &[1; 32], &[2; 32], "a", &tag));
+/// ```
+pub fn peer_tag(
+    token: &Token,
+    role: &[u8],
+    own: &[u8; NONCE_LEN],
+    other: &[u8; NONCE_LEN],
+    name: &str,
+) -> [u8; NONCE_LEN] {
+    peer_mac(token, role, own, other, name)
+        .finalize()
+        .into_bytes()
+        .into()
+}
+
+/// Constant-time check of a [`peer_tag`].
+pub fn peer_tag_matches(
+    token: &Token,
+    role: &[u8],
+    own: &[u8; NONCE_LEN],
+    other: &[u8; NONCE_LEN],
+    name: &str,
+    tag: &[u8; NONCE_LEN],
+) -> bool {
+    peer_mac(token, role, own, other, name)
+        .verify_slice(tag)
+        .is_ok()
+}
+
+fn peer_mac(
+    token: &Token,
+    role: &[u8],
+    own: &[u8; NONCE_LEN],
+    other: &[u8; NONCE_LEN],
+    name: &str,
+) -> HmacSha256 {
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(token.0.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    mac.update(b"pipe peer link v1\0");
+    mac.update(role);
+    mac.update(&[0]);
+    mac.update(own);
+    mac.update(other);
+    mac.update(name.as_bytes());
+    mac
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

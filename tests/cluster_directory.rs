@@ -14,6 +14,7 @@ fn holder(node: &str, owner: &str, tunnel: u64) -> Holder {
         node: node.into(),
         owner: owner.into(),
         tunnel,
+        rules: None,
     }
 }
 

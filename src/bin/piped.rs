@@ -95,6 +95,10 @@ async fn serve(cfg: ServerConfig) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let peer = match server.join_cluster().await {
+        Ok(v) => v,
+        Err(e) => return fail(&e),
+    };
     let shutdown = CancellationToken::new();
     let admin = match server.start_admin(shutdown.clone()).await {
         Ok(v) => v,
@@ -109,6 +113,9 @@ async fn serve(cfg: ServerConfig) -> ExitCode {
     }
     if let Some(a) = admin {
         pipe::logging::stdout_line(&format_args!("admin on {a}"));
+    }
+    if let Some(a) = peer {
+        pipe::logging::stdout_line(&format_args!("peer on {a}"));
     }
     tracing::info!("{}", summary(&summary_cfg, admin, fingerprint.as_deref()));
     tokio::spawn(pipe::signals::cancel_on_signal(shutdown.clone()));

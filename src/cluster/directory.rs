@@ -62,6 +62,25 @@ pub struct Holder {
     pub owner: String,
     /// The holding node's tunnel id, so the node can tell two claims of one owner apart.
     pub tunnel: u64,
+    /// What every node enforces on the tunnel's visitors, so a visitor who reaches a
+    /// node that does not hold the tunnel meets the same rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<Rules>,
+}
+
+/// A tunnel's visitor rules as the directory carries them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rules {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<crate::protocol::Cidr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<crate::protocol::Cidr>,
+    /// http forwards: the user name and bcrypt hash Caddy checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<(String, String)>,
+    /// http forwards: Caddy names the visitor in a request header.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub visitor_header: bool,
 }
 
 /// The answer to a claim.

@@ -15,6 +15,6 @@ mod redis;
 
 pub use self::redis::RedisDirectory;
 pub use directory::{
-    ClaimKey, Claimed, DirError, DirEvent, Directory, Holder, NodeInfo, DIR_CALL_TIMEOUT,
+    ClaimKey, Claimed, DirError, DirEvent, Directory, Holder, NodeInfo, Rules, DIR_CALL_TIMEOUT,
 };
 pub use local::LocalDirectory;

@@ -364,6 +364,7 @@ mod tests {
             node: "a".into(),
             owner: "alice/1f".into(),
             tunnel: 7,
+            rules: None,
         };
         let claimed = format!(
             r#"{{"op":"claimed","key":"tcp:9000","holder":{}}}"#,

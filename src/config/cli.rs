@@ -140,6 +140,20 @@ pub struct PipedArgs {
     /// On SIGTERM, how long open connections may finish [default: 10s]
     #[arg(long, value_parser = duration)]
     pub drain_timeout: Option<Duration>,
+    /// Join a cluster whose directory is this Redis, redis://HOST:PORT[/DB]
+    /// (rediss:// for TLS); needs --node, --peer-listen and --token
+    #[arg(long, env = "PIPE_CLUSTER", hide_env_values = true, value_name = "URL")]
+    pub cluster: Option<String>,
+    /// This node's name in the cluster (letters, digits, '-', '_', '.')
+    #[arg(long, env = "PIPE_NODE")]
+    pub node: Option<String>,
+    /// Where other nodes reach this one, PORT or HOST:PORT
+    #[arg(long, value_name = "ADDR")]
+    pub peer_listen: Option<String>,
+    /// The address other nodes dial, when it is not --peer-listen's (a NAT, fly.io's
+    /// private network) [default: the bound --peer-listen address]
+    #[arg(long, env = "PIPE_PEER_ADVERTISE", value_name = "ADDR")]
+    pub peer_advertise: Option<String>,
     #[command(flatten)]
     pub log: LogArgs,
 }

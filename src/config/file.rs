@@ -45,6 +45,10 @@ pub struct ServerFile {
     pub login_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub drain_timeout: Option<Duration>,
+    pub cluster: Option<String>,
+    pub node: Option<String>,
+    pub peer_listen: Option<String>,
+    pub peer_advertise: Option<String>,
     pub log_format: Option<String>,
 }
 

@@ -199,7 +199,88 @@ pub struct ServerConfig {
     pub heartbeat_timeout: Duration,
     pub login_timeout: Duration,
     pub drain_timeout: Duration,
+    /// Membership of a cluster (`--cluster`); `None` for a single `piped`.
+    pub cluster: Option<ClusterConfig>,
     pub log: LogConfig,
+}
+
+/// What a node of a cluster needs beyond a single server's settings.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The directory, `redis://HOST:PORT[/DB]`.
+    pub url: String,
+    pub node: String,
+    /// Where the peer listener binds.
+    pub peer_listen: String,
+    /// What other nodes dial; the bound peer address when `None`.
+    pub peer_advertise: Option<String>,
+}
+
+/// A node name: what `pipe:node:NAME` keys and `/api/cluster` show.
+///
+/// ```
+/// assert!(pipe::config::valid_node_name("fra-1.a_b"));
+/// assert!(!pipe::config::valid_node_name(""));
+/// assert!(!pipe::config::valid_node_name("a b"));
+/// assert!(!pipe::config::valid_node_name(&"a".repeat(64)));
+/// ```
+pub fn valid_node_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn cluster_config(
+    url: Option<String>,
+    node: Option<String>,
+    peer_listen: Option<String>,
+    peer_advertise: Option<String>,
+    has_token: bool,
+) -> Result<Option<ClusterConfig>, ConfigError> {
+    let Some(url) = url.filter(|u| !u.is_empty()) else {
+        if node.is_some() || peer_listen.is_some() || peer_advertise.is_some() {
+            return Err("node, peer-listen and peer-advertise need --cluster"
+                .to_string()
+                .into());
+        }
+        return Ok(None);
+    };
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(format!(
+            "invalid cluster URL {:?}: expected redis://HOST:PORT[/DB] or rediss://…",
+            url.chars().take(64).collect::<String>()
+        )
+        .into());
+    }
+    let node = node.ok_or_else(|| {
+        ConfigError("--cluster needs --node NAME (this node's name in the cluster)".into())
+    })?;
+    if !valid_node_name(&node) {
+        return Err(format!(
+            "invalid node name {:?}: 1 to 63 letters, digits, '-', '_' or '.'",
+            node.chars().take(64).collect::<String>()
+        )
+        .into());
+    }
+    let peer_listen = peer_listen.ok_or_else(|| {
+        ConfigError(
+            "--cluster needs --peer-listen ADDR (where the other nodes reach this one)".into(),
+        )
+    })?;
+    if !has_token {
+        return Err(
+            "--cluster needs --token: the nodes prove themselves to each other with it"
+                .to_string()
+                .into(),
+        );
+    }
+    Ok(Some(ClusterConfig {
+        url,
+        node,
+        peer_listen: listen_addr(&peer_listen),
+        peer_advertise,
+    }))
 }
 
 impl ServerConfig {
@@ -243,7 +324,20 @@ impl ServerConfig {
             return Err("domain and caddy-admin go together".to_string().into());
         }
         let users = a.users.or(f.users);
+        let token = a
+            .token
+            .or(f.token)
+            .filter(|t| !t.is_empty())
+            .map(Token::new);
+        let cluster = cluster_config(
+            a.cluster.or(f.cluster),
+            a.node.or(f.node),
+            a.peer_listen.or(f.peer_listen),
+            a.peer_advertise.or(f.peer_advertise),
+            token.is_some(),
+        )?;
         let cfg = ServerConfig {
+            cluster,
             users,
             max_sessions: positive(
                 "max-sessions",
@@ -256,11 +350,7 @@ impl ServerConfig {
                     .or(f.listen)
                     .unwrap_or_else(|| DEFAULT_LISTEN.into()),
             ),
-            token: a
-                .token
-                .or(f.token)
-                .filter(|t| !t.is_empty())
-                .map(Token::new),
+            token,
             bind_addr,
             udp_bind_addr,
             ports: a.ports.or(f.ports).unwrap_or_default(),

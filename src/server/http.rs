@@ -9,6 +9,7 @@
 use super::session::Session;
 use super::state::State;
 use crate::caddy::{hash_credentials, random_label, Caddy, RouteRules};
+use crate::cluster::{ClaimKey, Rules};
 use crate::config::valid_subdomain;
 use crate::protocol::{ForwardRequest, ServerMsg};
 use futures::FutureExt;
@@ -38,7 +39,16 @@ pub(super) async fn open(
     let Some(caddy) = state.caddy.clone() else {
         return Err(NOT_ENABLED.into());
     };
-    let sub = claim_subdomain(&state, req.subdomain.as_deref())?;
+    let asked = req
+        .subdomain
+        .as_deref()
+        .filter(|s| valid_subdomain(s))
+        .map(|s| ClaimKey::Subdomain(s.to_string()));
+    s.take_from_mirror(asked.as_ref()).await?;
+    let sub = s.unless_refused(
+        claim_subdomain(&state, req.subdomain.as_deref()),
+        asked.as_ref(),
+    )?;
     // From here on every refusal gives the name back.
     let listener = match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await {
         Ok(l) => l,
@@ -64,10 +74,24 @@ pub(super) async fn open(
         }
     };
     let tunnel = s.new_tunnel(&req, port, Some(url.clone()), speed_limit);
+    let shared = Rules {
+        allow: rules.allow.clone(),
+        deny: rules.deny.clone(),
+        basic_auth: rules.basic_auth.clone(),
+        visitor_header: rules.visitor_header,
+    };
+    let key = ClaimKey::Subdomain(sub.clone());
+    if let Err(e) = s.cluster_claim(&key, &tunnel, Some(shared)).await {
+        state.release_subdomain(&sub);
+        return Err(e);
+    }
     let published = match caddy.publish(&sub, tunnel.id, port, &rules).await {
         Ok(p) => p,
         Err(e) => {
             state.release_subdomain(&sub);
+            if let Some(c) = state.cluster() {
+                c.release(key, tunnel.id);
+            }
             warn!(forward = req.id, subdomain = %sub, error = %e, detail = ?e, "Caddy did not take the route");
             return Err(format!("cannot publish {url}: {e}"));
         }

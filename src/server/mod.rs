@@ -6,8 +6,11 @@
 //! deadline, then ends every session.
 
 pub mod access;
+mod cluster;
 mod http;
 mod login;
+mod mirror;
+mod peer;
 mod pending;
 mod ports;
 pub mod real_addr;
@@ -49,6 +52,9 @@ pub enum ServerError {
         addr: String,
         source: std::io::Error,
     },
+    /// The cluster directory cannot be reached at start (exit 1).
+    #[error("{0}")]
+    Cluster(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -58,7 +64,7 @@ impl ServerError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ServerError::Config(_) => 2,
-            ServerError::Io(_) | ServerError::Listen { .. } => 1,
+            ServerError::Io(_) | ServerError::Listen { .. } | ServerError::Cluster(_) => 1,
         }
     }
 }
@@ -81,6 +87,10 @@ pub struct Server {
     /// SIGHUP, taken at construction so a signal right after start reloads the users
     /// file instead of ending the process.
     hangup: std::sync::Mutex<Option<tokio::signal::unix::Signal>>,
+    /// The certificate TLS presents, so peer links accept exactly it.
+    own_fingerprint: Option<selfsigned::Fingerprint>,
+    /// The peer listener bound by `join_cluster`, served by `run`.
+    peer_listener: std::sync::Mutex<Option<(TcpListener, Option<peer::PeerTls>)>>,
 }
 
 impl Server {
@@ -99,11 +109,13 @@ impl Server {
             None => None,
         };
         let mut fingerprint = None;
+        let mut own_fingerprint = None;
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {
                 if config.tls_self_signed {
                     warn!("tls-cert and tls-key are set: tls-self-signed is ignored");
                 }
+                own_fingerprint = Some(tls::leaf_fingerprint(cert).map_err(ServerError::Config)?);
                 Some(tls::acceptor(cert, key).map_err(ServerError::Config)?)
             }
             _ if config.tls_self_signed => {
@@ -111,6 +123,7 @@ impl Server {
                     .map_err(ServerError::Config)?;
                 let (cert, key, fp) = selfsigned::ensure(&dir).map_err(ServerError::Config)?;
                 fingerprint = Some(fp.to_string());
+                own_fingerprint = Some(fp);
                 Some(tls::acceptor(&cert, &key).map_err(ServerError::Config)?)
             }
             _ => None,
@@ -125,6 +138,8 @@ impl Server {
             state: Arc::new(state),
             tls,
             hangup: std::sync::Mutex::new(hangup),
+            own_fingerprint,
+            peer_listener: std::sync::Mutex::new(None),
         })
     }
 
@@ -164,6 +179,18 @@ impl Server {
             kill: CancellationToken::new(),
             conns: TaskTracker::new(),
         });
+        if let Some(c) = self.state.cluster() {
+            tokio::spawn(c.clone().renew_loop(ctx.kill.clone()));
+            tokio::spawn(mirror::run(ctx.clone(), c));
+            let bound = self
+                .peer_listener
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some((l, tls)) = bound {
+                tokio::spawn(peer::serve(l, ctx.clone(), tls));
+            }
+        }
         let cfg = &self.state.config;
         let pending = pending::PendingLimiter::new(cfg.max_pending, cfg.max_pending_per_ip);
         let sessions = TaskTracker::new();
@@ -205,6 +232,10 @@ impl Server {
         ctx.kill.cancel();
         sessions.close();
         let _ = tokio::time::timeout(SESSION_CLOSE_WAIT, sessions.wait()).await;
+        if let Some(c) = self.state.cluster() {
+            // Free this node's claims now rather than at their lease's end.
+            let _ = tokio::time::timeout(SESSION_CLOSE_WAIT, c.release_all()).await;
+        }
         Ok(())
     }
 }
@@ -254,6 +285,64 @@ async fn accept(
 }
 
 impl Server {
+    /// Joins the cluster when the configuration names one: binds the peer listener,
+    /// connects the directory (exit 1 when it cannot be reached now), frees what a
+    /// previous run under this node's name left there and registers the node. Returns
+    /// the bound peer address, for the `peer on ADDR` line.
+    pub async fn join_cluster(&self) -> Result<Option<std::net::SocketAddr>, ServerError> {
+        let Some(cc) = self.state.config.cluster.clone() else {
+            return Ok(None);
+        };
+        let token = self
+            .state
+            .config
+            .token
+            .clone()
+            .ok_or_else(|| ServerError::Config("--cluster needs --token".into()))?;
+        let listener =
+            TcpListener::bind(&cc.peer_listen)
+                .await
+                .map_err(|source| ServerError::Listen {
+                    what: "peer",
+                    addr: cc.peer_listen.clone(),
+                    source,
+                })?;
+        let local = listener.local_addr()?;
+        self.state.reserve_own_port(local.port());
+        let advertise = match &cc.peer_advertise {
+            Some(a) => a.clone(),
+            None => {
+                if local.ip().is_unspecified() {
+                    warn!(%local, "the peer listener binds every address: set --peer-advertise to the address other nodes dial");
+                }
+                local.to_string()
+            }
+        };
+        let dir = crate::cluster::RedisDirectory::connect(&cc.url)
+            .await
+            .map_err(|e| {
+                ServerError::Cluster(format!("cannot reach the cluster directory: {e:?}"))
+            })?;
+        let peer_tls = match (&self.tls, self.own_fingerprint) {
+            (Some(acceptor), Some(fp)) => Some(peer::PeerTls {
+                acceptor: acceptor.clone(),
+                connector: tls::connector_pinned(fp).map_err(ServerError::Config)?,
+            }),
+            _ => None,
+        };
+        let links = peer::Links::new(cc.node.clone(), token.clone(), peer_tls.clone());
+        let cluster =
+            cluster::Cluster::new(Arc::new(dir), cc.node.clone(), advertise, token, links);
+        cluster
+            .join()
+            .await
+            .map_err(|e| ServerError::Cluster(format!("cannot join the cluster: {e:?}")))?;
+        info!(node = %cc.node, peer = %local, "joined the cluster");
+        let _ = self.state.cluster.set(Arc::new(cluster));
+        *self.peer_listener.lock().unwrap_or_else(|e| e.into_inner()) = Some((listener, peer_tls));
+        Ok(Some(local))
+    }
+
     /// Binds and starts the admin server when configured; returns its address.
     ///
     /// A non-loopback address without an admin token is a config error.

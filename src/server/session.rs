@@ -7,6 +7,7 @@ use super::users::check_rights;
 use super::{tcp as tcp_tunnel, Ctx};
 use crate::accounts::{throttle, User};
 use crate::auth::{server_handshake_named, Credentials, LoginError};
+use crate::cluster::{ClaimKey, Rules};
 use crate::config::PortSet;
 use crate::limit::{lower_limit, RateLimiter};
 use crate::protocol::{
@@ -29,6 +30,8 @@ use tracing::{debug, info, warn, Instrument};
 const STREAM_HEADROOM: usize = 8;
 /// How long a closing session may take to flush its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Peer streams of one UDP forward waiting to be taken up by its loop.
+const PEER_ATTACH_QUEUE: usize = 64;
 /// How long a closing session waits for its tunnels to release their ports.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
@@ -379,19 +382,97 @@ impl Session {
         speed_limit: Option<u64>,
         scope: Option<&PortSet>,
     ) -> Result<ServerMsg, String> {
-        let state = &self.ctx.state;
+        let state = self.ctx.state.clone();
         let bind_ip = state.config.bind_addr;
-        let (listener, port) = super::ports::claim(state, false, req.remote_port, scope, |p| {
+        let asked = (req.remote_port != 0).then_some(ClaimKey::Tcp(req.remote_port));
+        self.take_from_mirror(asked.as_ref()).await?;
+        let claimed = super::ports::claim(&state, false, req.remote_port, scope, |p| {
             tokio::net::TcpListener::bind((bind_ip, p))
         })
-        .await?;
+        .await;
+        let (listener, port) = self.unless_refused(claimed, asked.as_ref())?;
         let tunnel = self.new_tunnel(&req, port, None, speed_limit);
+        let key = ClaimKey::Tcp(port);
+        if let Err(e) = self.cluster_claim(&key, &tunnel, None).await {
+            drop(listener);
+            state.release_port(super::state::PortKey::Tcp(port));
+            return Err(e);
+        }
         self.start_tcp_tunnel(listener, tunnel, None, None);
         Ok(ServerMsg::ForwardOk {
             id: req.id,
             remote_port: port,
             url: None,
         })
+    }
+
+    /// Cluster: a port or subdomain this node mirrors for another node may be asked
+    /// for by the client that holds it there (a failover). Claim it first, which
+    /// succeeds only for that owner, then stop the mirror so the port is free to bind.
+    pub async fn take_from_mirror(&self, key: Option<&ClaimKey>) -> Result<(), String> {
+        let (Some(c), Some(key)) = (self.ctx.state.cluster(), key) else {
+            return Ok(());
+        };
+        let state = &self.ctx.state;
+        let mirrored = match key {
+            ClaimKey::Tcp(p) => state.is_mirrored(super::state::PortKey::Tcp(*p)),
+            ClaimKey::Udp(p) => state.is_mirrored(super::state::PortKey::Udp(*p)),
+            ClaimKey::Subdomain(s) => state.is_mirrored_subdomain(s),
+        };
+        if !mirrored {
+            return Ok(());
+        }
+        c.claim(key, &self.info.owner, 0, None, self.info.stop.clone())
+            .await?;
+        c.mirrors.remove(&self.ctx, key).await;
+        Ok(())
+    }
+
+    /// Gives back the claim `take_from_mirror` took when the local steps then failed.
+    pub fn unless_refused<T>(
+        &self,
+        r: Result<T, String>,
+        asked: Option<&ClaimKey>,
+    ) -> Result<T, String> {
+        if r.is_err() {
+            if let (Some(c), Some(key)) = (self.ctx.state.cluster(), asked) {
+                c.release(key.clone(), 0);
+            }
+        }
+        r
+    }
+
+    /// Cluster: claims the tunnel's key in the directory; a no-op on a single node.
+    pub async fn cluster_claim(
+        &self,
+        key: &ClaimKey,
+        tunnel: &TunnelInfo,
+        rules: Option<Rules>,
+    ) -> Result<(), String> {
+        let Some(c) = self.ctx.state.cluster() else {
+            return Ok(());
+        };
+        let rules = rules.or_else(|| {
+            (!tunnel.access.is_open()).then(|| Rules {
+                allow: tunnel.access.allow.clone(),
+                deny: tunnel.access.deny.clone(),
+                ..Rules::default()
+            })
+        });
+        let r = c
+            .claim(
+                key,
+                &self.info.owner,
+                tunnel.id,
+                rules,
+                self.info.stop.clone(),
+            )
+            .await;
+        if r.is_err() {
+            // A provisional claim from `take_from_mirror` goes too.
+            c.release(key.clone(), 0);
+        }
+        r
     }
 
     async fn open_udp(
@@ -402,14 +483,28 @@ impl Session {
     ) -> Result<ServerMsg, String> {
         let state = self.ctx.state.clone();
         let bind_ip = state.config.udp_bind_addr;
-        let (socket, port) = super::ports::claim(&state, true, req.remote_port, scope, |p| {
+        let asked = (req.remote_port != 0).then_some(ClaimKey::Udp(req.remote_port));
+        self.take_from_mirror(asked.as_ref()).await?;
+        let claimed = super::ports::claim(&state, true, req.remote_port, scope, |p| {
             tokio::net::UdpSocket::bind((bind_ip, p))
         })
-        .await?;
+        .await;
+        let (socket, port) = self.unless_refused(claimed, asked.as_ref())?;
         let tunnel = self.new_tunnel(&req, port, None, speed_limit);
+        let key = ClaimKey::Udp(port);
+        if let Err(e) = self.cluster_claim(&key, &tunnel, None).await {
+            drop(socket);
+            state.release_port(super::state::PortKey::Udp(port));
+            return Err(e);
+        }
         state.add_tunnel(tunnel.clone(), None);
         self.tunnels.insert(tunnel.forward_id, tunnel.clone());
         info!(forward = req.id, proto = "udp", port, "tunnel open");
+        let attach = state.cluster().map(|c| {
+            let (tx, rx) = mpsc::channel(PEER_ATTACH_QUEUE);
+            c.publish(key, tunnel.id, super::cluster::Entry::Udp(tx));
+            rx
+        });
         let t = Arc::new(super::udp::UdpCtx {
             ctx: self.ctx.clone(),
             tunnel: tunnel.clone(),
@@ -418,7 +513,7 @@ impl Session {
         let span = tracing::info_span!("tunnel", proto = "udp", port);
         self.tasks.spawn(
             async move {
-                if let Err(e) = super::udp::run(socket, t).await {
+                if let Err(e) = super::udp::run(socket, t, attach).await {
                     // Tell the client its forward is gone, and why.
                     state.close_tunnel(tunnel.id, &e);
                 }
@@ -458,6 +553,10 @@ impl Session {
                 .join(tunnel.id, self.ctx.state.config.max_connections),
             limits,
         });
+        if let (Some(c), Some(key)) = (state.cluster(), super::cluster::key_of(&tunnel, subdomain))
+        {
+            c.publish(key, tunnel.id, super::cluster::Entry::Tcp(t.clone()));
+        }
         let span = tracing::info_span!("tunnel", proto = %tunnel.proto, port = tunnel.port);
         self.tasks.spawn(
             async move {

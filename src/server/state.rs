@@ -194,10 +194,15 @@ pub struct State {
     pub logins: crate::accounts::throttle::LoginThrottle,
     /// `sha256:HEX` of the server's own certificate (`--tls-self-signed`).
     pub tls_fingerprint: Option<String>,
+    /// The cluster, once this node has joined it (`--cluster`).
+    pub(crate) cluster: std::sync::OnceLock<Arc<super::cluster::Cluster>>,
 }
 
 /// Marker in the port map for a port being bound but not yet owned by a tunnel.
 const RESERVING: u64 = 0;
+/// Marker for a port (or subdomain) another node of the cluster holds, which this
+/// node listens on for it (`server::mirror`).
+const MIRRORED: u64 = u64::MAX;
 
 impl State {
     pub fn new(config: ServerConfig) -> Self {
@@ -214,6 +219,7 @@ impl State {
             accounts: None,
             logins: Default::default(),
             tls_fingerprint: None,
+            cluster: Default::default(),
         }
     }
 
@@ -315,6 +321,48 @@ impl State {
         if reg.ports.get(&key) == Some(&RESERVING) {
             reg.ports.remove(&key);
         }
+    }
+
+    /// Marks a port as mirrored for another node; `false` when it is held here.
+    pub fn mirror_port(&self, key: PortKey) -> bool {
+        let mut reg = self.lock();
+        if reg.ports.contains_key(&key) {
+            return false;
+        }
+        reg.ports.insert(key, MIRRORED);
+        true
+    }
+
+    pub fn unmirror_port(&self, key: PortKey) {
+        let mut reg = self.lock();
+        if reg.ports.get(&key) == Some(&MIRRORED) {
+            reg.ports.remove(&key);
+        }
+    }
+
+    /// Is this port mirrored for another node?
+    pub fn is_mirrored(&self, key: PortKey) -> bool {
+        self.lock().ports.get(&key) == Some(&MIRRORED)
+    }
+
+    pub fn mirror_subdomain(&self, sub: &str) -> bool {
+        let mut reg = self.lock();
+        if reg.subdomains.contains_key(sub) {
+            return false;
+        }
+        reg.subdomains.insert(sub.to_string(), MIRRORED);
+        true
+    }
+
+    pub fn unmirror_subdomain(&self, sub: &str) {
+        let mut reg = self.lock();
+        if reg.subdomains.get(sub) == Some(&MIRRORED) {
+            reg.subdomains.remove(sub);
+        }
+    }
+
+    pub fn is_mirrored_subdomain(&self, sub: &str) -> bool {
+        self.lock().subdomains.get(sub) == Some(&MIRRORED)
     }
 
     /// Claims a subdomain for a tunnel being created.
@@ -426,7 +474,19 @@ impl State {
                 reg.ports.remove(&key);
             }
         }
-        reg.subdomains.retain(|_, v| *v != id);
+        let sub = reg
+            .subdomains
+            .iter()
+            .find(|(_, v)| **v == id)
+            .map(|(s, _)| s.clone());
+        if let Some(s) = &sub {
+            reg.subdomains.remove(s);
+        }
+        if let Some(c) = self.cluster.get() {
+            if let Some(key) = super::cluster::key_of(&t, sub.as_deref()) {
+                c.release(key, id);
+            }
+        }
         if let Some(user) = &t.user {
             Self::release_user_tunnel(&mut reg, user);
         }
@@ -470,6 +530,7 @@ impl State {
         else {
             return false;
         };
+        // A subdomain mirrored for another node is live here too.
         matches!(self.lock().subdomains.get(sub), Some(&id) if id != RESERVING)
     }
 

@@ -1,12 +1,13 @@
 //! TCP tunnels: the public accept loop and one yamux stream per visitor.
 
+use super::peer::PeerOpen;
 use super::real_addr::{self, RefuseHeader, Source, Visitor};
 use super::state::{ConnGuard, TunnelInfo};
 use super::streams::{StreamPermit, TunnelBudget};
 use super::Ctx;
 use crate::limit::RateLimiter;
 use crate::protocol::{write_frame, StreamHeader};
-use crate::transport::{splice, tcp, Mux, SpliceOptions};
+use crate::transport::{splice, tcp, Mux, MuxStream, SpliceOptions};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -104,12 +105,8 @@ async fn visitor(
     }
 }
 
-async fn carry(
-    sock: &mut TcpStream,
-    v: Visitor,
-    source: Source,
-    t: &TunnelCtx,
-) -> Result<(), String> {
+/// Opens the client's stream for visitor `v` and sends what the visitor already sent.
+async fn open_client(t: &TunnelCtx, v: &Visitor) -> Result<MuxStream, String> {
     let mut stream = t.mux.open().await.map_err(|e| e.to_string())?;
     let header = StreamHeader {
         forward_id: t.tunnel.forward_id,
@@ -129,14 +126,29 @@ async fn carry(
             .bytes_in
             .fetch_add(v.early.len() as u64, Ordering::Relaxed);
     }
-    let opts = SpliceOptions {
+    Ok(stream)
+}
+
+/// The tunnel's counters and speed limits for one visitor's splice.
+fn splice_options(t: &TunnelCtx) -> SpliceOptions {
+    SpliceOptions {
         a_to_b: Some(t.tunnel.stats.bytes_in.clone()),
         b_to_a: Some(t.tunnel.stats.bytes_out.clone()),
         b_status_first: true,
         limit_a_to_b: t.limits.as_ref().map(|l| l.0.clone()),
         limit_b_to_a: t.limits.as_ref().map(|l| l.1.clone()),
         half_closed_idle: None,
-    };
+    }
+}
+
+async fn carry(
+    sock: &mut TcpStream,
+    v: Visitor,
+    source: Source,
+    t: &TunnelCtx,
+) -> Result<(), String> {
+    let mut stream = open_client(t, &v).await?;
+    let opts = splice_options(t);
     let result = if source == Source::PeerNoHeader {
         splice(&mut RefuseHeader::new(sock), &mut stream, opts).await
     } else {
@@ -150,4 +162,39 @@ async fn carry(
     }
     tcp::pass_reset(&result, sock);
     result.map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// A visitor another node of the cluster accepted for this tunnel, arriving as a
+/// stream on its peer link: the same rules, caps and counters as one accepted here.
+/// A failure drops the peer stream unclosed, which resets it, so the reset reaches
+/// the visitor on the other node.
+pub async fn carry_from_peer(mut peer: MuxStream, open: PeerOpen, t: Arc<TunnelCtx>) {
+    let Some(addr) = open.visitor else {
+        return debug!("peer stream without a visitor; reset");
+    };
+    if !t.tunnel.access.admits(addr.ip()) {
+        return debug!(visitor = %addr, "visitor refused by the tunnel's access rules");
+    }
+    let Ok(_permit) = t.streams.try_acquire() else {
+        return debug!(visitor = %addr, "stream cap reached; peer visitor refused");
+    };
+    let _guard = ConnGuard::new(t.ctx.state.clone(), t.tunnel.clone());
+    let v = Visitor {
+        addr,
+        public: open.public,
+        early: Vec::new(),
+    };
+    let work = async {
+        let mut stream = open_client(&t, &v).await?;
+        splice(&mut peer, &mut stream, splice_options(&t))
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let result = tokio::select! {
+        _ = t.tunnel.stop.cancelled() => return,
+        r = work => r,
+    };
+    if let Err(e) = result {
+        debug!(visitor = %addr, error = %e, "peer visitor closed");
+    }
 }

@@ -117,3 +117,10 @@ pub fn explain_client_error(e: &std::io::Error, trust: &Trust) -> (String, bool)
         None => (format!("TLS handshake interrupted: {e}"), false),
     }
 }
+
+/// The fingerprint of the first (leaf) certificate in a PEM file: the nodes of a
+/// cluster that serve TLS share one certificate and accept exactly it on peer links.
+pub fn leaf_fingerprint(cert: &Path) -> Result<super::selfsigned::Fingerprint, String> {
+    let certs = load_certs(cert)?;
+    Ok(super::selfsigned::Fingerprint::of(&certs[0]))
+}

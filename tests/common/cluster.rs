@@ -1,0 +1,161 @@
+//! Nodes of a `piped` cluster for the tests: each on its own loopback address
+//! (127.0.0.2, 127.0.0.3, …; all of 127/8 is loopback), so every node can listen on
+//! the same public port, all sharing one real Redis.
+
+use super::*;
+use std::net::IpAddr;
+
+pub const TOKEN: &str = "cluster-test-token-0123456789abcdef";
+
+/// One `piped` of the cluster.
+pub struct Node {
+    pub name: String,
+    pub ip: IpAddr,
+    pub piped: Piped,
+    pub peer: SocketAddr,
+}
+
+impl Node {
+    /// Starts node `name` on 127.0.0.`octet`, joined to the Redis at `url`.
+    pub fn start(url: &str, name: &str, octet: u8, extra: &[&str]) -> Node {
+        let ip: IpAddr = format!("127.0.0.{octet}").parse().unwrap();
+        let mut args = vec![
+            s("--listen"),
+            format!("{ip}:0"),
+            s("--bind-addr"),
+            ip.to_string(),
+            s("--cluster"),
+            url.to_string(),
+            s("--node"),
+            name.to_string(),
+            s("--peer-listen"),
+            format!("{ip}:0"),
+            s("--token"),
+            s(TOKEN),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut proc = Proc::spawn(piped_bin(), &args);
+        let line = proc.wait_line("listening on ", WAIT);
+        let addr = line["listening on ".len()..].parse().unwrap();
+        let admin = if args.iter().any(|a| a == "--admin") {
+            let l = proc.wait_line("admin on ", WAIT);
+            Some(l["admin on ".len()..].parse().unwrap())
+        } else {
+            None
+        };
+        let line = proc.wait_line("peer on ", WAIT);
+        let peer = line["peer on ".len()..].parse().unwrap();
+        Node {
+            name: name.to_string(),
+            ip,
+            piped: Piped { proc, addr, admin },
+            peer,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.piped.addr
+    }
+
+    /// `kill -9`: the node dies without a word to anyone.
+    pub fn kill(&mut self) {
+        self.piped.proc.signal("KILL");
+        self.piped.proc.wait_exit(WAIT);
+    }
+}
+
+/// Connects to `ip:port`, retrying while the port is not listened on yet (a mirror
+/// starts a moment after the claim is published), up to `within`.
+pub async fn connect_when_ready(ip: IpAddr, port: u16, within: Duration) -> TcpStream {
+    let deadline = Instant::now() + within;
+    loop {
+        match TcpStream::connect((ip, port)).await {
+            Ok(s) => return s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "{ip}:{port} never accepted: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// GETs `/` through `ip:port` (the file server behind a tunnel) and returns the body.
+pub async fn download(ip: IpAddr, port: u16) -> Vec<u8> {
+    let mut s = connect_when_ready(ip, port, WAIT).await;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), s.read_to_end(&mut all))
+        .await
+        .expect("download within 120 s")
+        .unwrap();
+    let at = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP head from {ip}:{port} ({} bytes)", all.len()))
+        + 4;
+    all.split_off(at)
+}
+
+/// One UDP datagram to `ip:port` and its echo, retried while the mirror is not up
+/// (a datagram to a closed port is lost), up to `within`.
+pub async fn udp_roundtrip(ip: IpAddr, port: u16, msg: &[u8], within: Duration) -> Vec<u8> {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let deadline = Instant::now() + within;
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let _ = sock.send_to(msg, (ip, port)).await;
+        match tokio::time::timeout(Duration::from_millis(300), sock.recv_from(&mut buf)).await {
+            Ok(Ok((n, _))) => return buf[..n].to_vec(),
+            _ => assert!(
+                Instant::now() < deadline,
+                "no UDP echo through {ip}:{port} within {within:?}"
+            ),
+        }
+    }
+}
+
+/// A service that reads a PROXY v1 line and answers with it, then closes.
+pub async fn proxy_line_service() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut line = Vec::new();
+                let mut b = [0u8; 1];
+                while !line.ends_with(b"\r\n") && line.len() < 108 {
+                    match s.read(&mut b).await {
+                        Ok(1) => line.push(b[0]),
+                        _ => return,
+                    }
+                }
+                let _ = s.write_all(&line).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// Connects from `from` (a loopback address of the test's choosing) to `ip:port` and
+/// reads what the service answers: the PROXY line naming the visitor.
+pub async fn visitor_line(from: IpAddr, ip: IpAddr, port: u16) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(from, 0)).unwrap();
+        match sock.connect(SocketAddr::new(ip, port)).await {
+            Ok(mut s) => {
+                let mut out = Vec::new();
+                let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+                return String::from_utf8_lossy(&out).into_owned();
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "{ip}:{port} never accepted: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
