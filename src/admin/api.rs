@@ -92,6 +92,77 @@ pub struct TunnelView {
     pub bytes_out: u64,
     /// Bytes per second, when the tunnel is shaped.
     pub speed_limit: Option<u64>,
+    /// The cluster node holding the tunnel (this one), when clustered.
+    pub node: Option<String>,
+}
+
+/// `GET /api/cluster`.
+#[derive(Serialize)]
+pub struct ClusterView {
+    /// This node's name; `None` for a single `piped`.
+    pub node: Option<String>,
+    pub nodes: Vec<NodeView>,
+    /// Every claim of the cluster and the node holding it.
+    pub claims: Vec<ClaimView>,
+    /// Why the directory could not be read, when it could not.
+    pub error: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct NodeView {
+    pub name: String,
+    pub peer: String,
+    /// Unix seconds of its last registration.
+    pub last_seen: u64,
+    /// Claims (ports, subdomains) it holds.
+    pub tunnels: usize,
+}
+
+#[derive(Serialize)]
+pub struct ClaimView {
+    /// `tcp:9000`, `udp:5353`, `sub:myapp`.
+    pub key: String,
+    pub node: String,
+}
+
+pub async fn cluster(Ext(admin): Ext<Shared>) -> Json<ClusterView> {
+    let Some(c) = admin.state.cluster() else {
+        return Json(ClusterView {
+            node: None,
+            nodes: Vec::new(),
+            claims: Vec::new(),
+            error: None,
+        });
+    };
+    let mut view = ClusterView {
+        node: Some(c.node.clone()),
+        nodes: Vec::new(),
+        claims: Vec::new(),
+        error: None,
+    };
+    match c.overview().await {
+        Ok((nodes, claims)) => {
+            let mut held: HashMap<&str, usize> = HashMap::new();
+            for (_, node) in &claims {
+                *held.entry(node.as_str()).or_default() += 1;
+            }
+            view.nodes = nodes
+                .into_iter()
+                .map(|n| NodeView {
+                    tunnels: held.get(n.name.as_str()).copied().unwrap_or(0),
+                    name: n.name,
+                    peer: n.peer,
+                    last_seen: n.seen,
+                })
+                .collect();
+            view.claims = claims
+                .into_iter()
+                .map(|(key, node)| ClaimView { key, node })
+                .collect();
+        }
+        Err(e) => view.error = Some(e),
+    }
+    Json(view)
 }
 
 /// A tunnel's name: the one its client gave it, else its key. Both survive restarts.
@@ -166,16 +237,18 @@ pub async fn tunnels(Ext(admin): Ext<Shared>) -> Json<Vec<TunnelView>> {
         .iter()
         .map(|s| (s.id, s.addr.to_string()))
         .collect();
+    let cluster = admin.state.cluster();
+    let node = cluster.as_ref().map(|c| c.node.as_str());
     let views = admin
         .state
         .tunnels()
         .iter()
-        .map(|t| tunnel_view(t, addrs.get(&t.session_id).cloned()))
+        .map(|t| tunnel_view(t, addrs.get(&t.session_id).cloned(), node))
         .collect();
     Json(views)
 }
 
-fn tunnel_view(t: &TunnelInfo, client_addr: Option<String>) -> TunnelView {
+fn tunnel_view(t: &TunnelInfo, client_addr: Option<String>, node: Option<&str>) -> TunnelView {
     let st = &t.stats;
     TunnelView {
         id: t.id,
@@ -194,6 +267,7 @@ fn tunnel_view(t: &TunnelInfo, client_addr: Option<String>) -> TunnelView {
         bytes_in: st.bytes_in.load(Ordering::Relaxed),
         bytes_out: st.bytes_out.load(Ordering::Relaxed),
         speed_limit: t.speed_limit,
+        node: node.map(str::to_string),
     }
 }
 

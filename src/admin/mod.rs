@@ -124,6 +124,7 @@ fn router(state: Arc<State>, history: Arc<history::History>) -> Router {
         .route("/api/server", get(api::server))
         .route("/api/clients", get(api::clients))
         .route("/api/tunnels", get(api::tunnels))
+        .route("/api/cluster", get(api::cluster))
         .route("/api/history", get(history_view))
         .route(
             "/api/tunnels/{id}",

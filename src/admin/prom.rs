@@ -66,6 +66,19 @@ fn describe() {
     );
     describe_gauge!("pipe_uptime_seconds", "Seconds since the server started.");
     describe_gauge!(
+        "pipe_cluster_nodes",
+        "Nodes registered in the cluster directory at the last renewal (cluster only)."
+    );
+    describe_counter!(
+        "pipe_peer_streams_total",
+        "Visitor streams over peer links: in = carried to this node's tunnels, out = \
+         carried from this node to the holder (cluster only)."
+    );
+    describe_counter!(
+        "pipe_directory_errors_total",
+        "Cluster directory calls that failed or timed out (cluster only)."
+    );
+    describe_gauge!(
         "pipe_build_info",
         "Always 1; the version label is the running software and wire protocol."
     );
@@ -104,6 +117,15 @@ fn record_totals(state: &State) {
     }
     counter!("pipe_udp_dropped_total").absolute(s.udp_dropped.load(Ordering::Relaxed));
     gauge!("pipe_uptime_seconds").set(state.started_at.elapsed().as_secs_f64());
+    if let Some(c) = state.cluster() {
+        let cs = &c.stats;
+        gauge!("pipe_cluster_nodes").set(cs.nodes.load(Ordering::Relaxed) as f64);
+        counter!("pipe_peer_streams_total", "direction" => "in")
+            .absolute(cs.streams_in.load(Ordering::Relaxed));
+        counter!("pipe_peer_streams_total", "direction" => "out")
+            .absolute(cs.streams_out.load(Ordering::Relaxed));
+        counter!("pipe_directory_errors_total").absolute(cs.dir_errors.load(Ordering::Relaxed));
+    }
     gauge!("pipe_build_info", "version" => env!("CARGO_PKG_VERSION"),
         "protocol" => crate::protocol::PROTOCOL_VERSION.to_string())
     .set(1.0);

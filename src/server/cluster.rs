@@ -342,14 +342,19 @@ impl Cluster {
         }
     }
 
-    /// The cluster's nodes with the claims each holds (`/api/cluster`).
-    pub async fn overview(&self) -> Result<(Vec<NodeInfo>, HashMap<String, usize>), String> {
+    /// The cluster's nodes and every claim with its node, sorted (`/api/cluster`).
+    pub async fn overview(&self) -> Result<(Vec<NodeInfo>, Vec<(String, String)>), String> {
         let nodes = self.dir.nodes().await.map_err(|e| self.failed(&e))?;
-        let mut held = HashMap::new();
-        for (_, h) in self.dir.claims().await.map_err(|e| self.failed(&e))? {
-            *held.entry(h.node).or_insert(0) += 1;
-        }
-        Ok((nodes, held))
+        let mut claims: Vec<(String, String)> = self
+            .dir
+            .claims()
+            .await
+            .map_err(|e| self.failed(&e))?
+            .into_iter()
+            .map(|(k, h)| (k.name(), h.node))
+            .collect();
+        claims.sort();
+        Ok((nodes, claims))
     }
 }
 

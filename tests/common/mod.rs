@@ -121,6 +121,20 @@ impl Proc {
         }
     }
 
+    /// The next line starting with `prefix`, or `None` once stdout has closed (the
+    /// process exited) or `within` has passed.
+    pub fn wait_line_or_exit(&mut self, prefix: &str, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).ok()?;
+            self.seen.push(line.clone());
+            if line.starts_with(prefix) {
+                return Some(line);
+            }
+        }
+    }
+
     /// Stdout lines that arrive within `within` (non-blocking collection).
     pub fn drain_lines(&mut self, within: Duration) -> Vec<String> {
         let deadline = Instant::now() + within;
