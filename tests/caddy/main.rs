@@ -3,6 +3,7 @@
 //! then checks what visitors get and what Caddy's config holds.
 
 mod access;
+mod cluster;
 #[path = "../common/mod.rs"]
 mod common;
 mod harness;
