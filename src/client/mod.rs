@@ -161,6 +161,7 @@ pub async fn run(
     loop {
         let ctx = session::SessionCtx {
             config: &config,
+            server: &config.servers[0],
             key: &mut key,
             tls: tls.as_ref(),
             events: &events,

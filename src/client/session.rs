@@ -5,7 +5,7 @@ use super::stream::{self, Routes};
 use super::{describe, ClientError, ClientEvent, ForwardState};
 use crate::accounts::proof::ClientKey;
 use crate::auth::client_handshake;
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, ServerAddr};
 use crate::protocol::{
     ClientMsg, CodecError, ForwardRequest, MessageStream, Proto, ServerMsg, MAX_CONTROL_FRAME,
 };
@@ -28,6 +28,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 pub(crate) struct SessionCtx<'a> {
     pub config: &'a ClientConfig,
+    /// The server this session dials (one of `config.servers`).
+    pub server: &'a ServerAddr,
     pub key: &'a mut ClientKey,
     pub tls: Option<&'a TlsConnector>,
     pub events: &'a mpsc::UnboundedSender<ClientEvent>,
@@ -127,13 +129,13 @@ pub(crate) async fn run_once(
     ctx: SessionCtx<'_>,
     forwards: &mut [ForwardState],
 ) -> Result<End, ClientError> {
-    let dial = timeout(CONNECT_TIMEOUT, dial(&ctx.config.server));
+    let dial = timeout(CONNECT_TIMEOUT, dial(&ctx.server.addr));
     let tcp = tokio::select! {
         _ = ctx.shutdown.cancelled() => return Ok(End::Shutdown),
         r = dial => match r {
             Ok(Ok(s)) => s,
             Ok(Err(end)) => return Ok(end),
-            Err(_) => return unreachable(format!("cannot reach {} (timed out)", ctx.config.server), false),
+            Err(_) => return unreachable(format!("cannot reach {} (timed out)", ctx.server), false),
         },
     };
     tcp::tune_control(&tcp);
@@ -144,7 +146,7 @@ pub(crate) async fn run_once(
         .config
         .tls_server_name
         .clone()
-        .unwrap_or_else(|| ctx.config.server_host.clone());
+        .unwrap_or_else(|| ctx.server.host.clone());
     let name = tls::server_name(&name).map_err(ClientError::Tls)?;
     match timeout(CONNECT_TIMEOUT, connector.connect(name, tcp)).await {
         Ok(Ok(s)) => serve(ctx, forwards, BatchIo::new(s)).await,
@@ -206,7 +208,7 @@ where
                 Err(_) => return lost("login timed out"),
             },
         };
-        info!(session = session_id, server = %cfg.server, "logged in");
+        info!(session = session_id, server = %ctx.server, "logged in");
         let mut s = Control {
             ctx: &ctx,
             forwards,
@@ -348,7 +350,7 @@ impl Control<'_, '_> {
     }
 
     fn forward_ok(&mut self, id: u32, remote_port: u16, url: Option<String>) {
-        let host = &self.ctx.config.server_host;
+        let host = &self.ctx.server.host;
         let Some(f) = self.forwards.get_mut(id as usize) else {
             return;
         };
