@@ -13,6 +13,7 @@ use crate::transport::mux::{self, Mode, MAX_STREAMS_LIMIT};
 use crate::transport::tls::{self, TlsConnector};
 use crate::transport::{tcp, BatchIo, MuxStream};
 use futures::io::{AsyncRead, AsyncWrite};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -30,6 +31,9 @@ pub(crate) struct SessionCtx<'a> {
     pub config: &'a ClientConfig,
     /// The server this session dials (one of `config.servers`).
     pub server: &'a ServerAddr,
+    /// In: the address the last attempt reached (its session is gone), dialled last.
+    /// Out: the address this attempt reached.
+    pub peer: &'a mut Option<SocketAddr>,
     pub key: &'a mut ClientKey,
     pub tls: Option<&'a TlsConnector>,
     pub events: &'a mpsc::UnboundedSender<ClientEvent>,
@@ -71,9 +75,11 @@ fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
-/// Resolves the server's name, then dials each address in turn.
-async fn dial(server: &str) -> Result<TcpStream, End> {
-    let addrs: Vec<_> = match tokio::net::lookup_host(server).await {
+/// Resolves the server's name, then dials each address in turn; `last`, the address
+/// the previous session was on, goes to the back of the queue (a name with an address
+/// per node fails over to another node first).
+async fn dial(server: &str, last: Option<SocketAddr>) -> Result<TcpStream, End> {
+    let mut addrs: Vec<_> = match tokio::net::lookup_host(server).await {
         Ok(a) => a.collect(),
         Err(e) => {
             return Err(End::Unreachable {
@@ -82,6 +88,8 @@ async fn dial(server: &str) -> Result<TcpStream, End> {
             })
         }
     };
+    // Stable: the resolver's order stays as it is otherwise.
+    addrs.sort_by_key(|a| Some(*a) == last);
     let mut why = String::from("the name has no address");
     for a in &addrs {
         match TcpStream::connect(a).await {
@@ -129,7 +137,7 @@ pub(crate) async fn run_once(
     ctx: SessionCtx<'_>,
     forwards: &mut [ForwardState],
 ) -> Result<End, ClientError> {
-    let dial = timeout(CONNECT_TIMEOUT, dial(&ctx.server.addr));
+    let dial = timeout(CONNECT_TIMEOUT, dial(&ctx.server.addr, ctx.peer.take()));
     let tcp = tokio::select! {
         _ = ctx.shutdown.cancelled() => return Ok(End::Shutdown),
         r = dial => match r {
@@ -139,6 +147,7 @@ pub(crate) async fn run_once(
         },
     };
     tcp::tune_control(&tcp);
+    *ctx.peer = tcp.peer_addr().ok();
     let Some(connector) = ctx.tls else {
         return serve(ctx, forwards, BatchIo::new(tcp)).await;
     };
