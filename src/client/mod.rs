@@ -178,6 +178,7 @@ pub async fn run(
             shutdown: &shutdown,
         };
         let mut name_failed = false;
+        let started = std::time::Instant::now();
         let why = match session::run_once(ctx, &mut forwards).await {
             Ok(session::End::Shutdown) => return Ok(()),
             Ok(session::End::AllClosed { reason }) => {
@@ -227,20 +228,20 @@ pub async fn run(
             unresolved.clear();
         }
         let next = match &why {
-            None => rotation.session_ended(),
+            None => rotation.session_ended(started.elapsed()),
             Some(_) => rotation.attempt_failed(),
         };
         let to = &config.servers[rotation.current()];
+        if why.is_none() && rotation.is_cluster() {
+            info!(server = %to, "failing over to the next server");
+        }
         if next == Next::Now {
-            match why {
-                None => info!(server = %to, "failing over to the next server"),
-                Some(why) => {
-                    let n = retries.failed();
-                    if Retries::worth_a_line(n) {
-                        warn!("{why}; trying {to}");
-                    } else {
-                        debug!("{why}; trying {to}");
-                    }
+            if let Some(why) = why {
+                let n = retries.failed();
+                if Retries::worth_a_line(n) {
+                    warn!("{why}; trying {to}");
+                } else {
+                    debug!("{why}; trying {to}");
                 }
             }
             continue;
