@@ -72,7 +72,7 @@ fn extra_sections(name: &str) -> String {
         }
         _ => {
             ".TP\n0\nStopped by SIGINT or SIGTERM.\n\
-.TP\n1\nA runtime failure: the server name does not resolve at the first connect, a TLS \
+.TP\n1\nA runtime failure: no server name resolves at the first connect, a TLS \
 problem, a relay that cannot listen; or a second signal cut the stop short.\n\
 .TP\n2\nBad command line or config file.\n\
 .TP\n3\nThe server refused the login: no token, wrong token, TLS required, version mismatch.\n\
@@ -88,6 +88,7 @@ piped \\-\\-config /etc/pipe/piped.toml \\-\\-admin 127.0.0.1:8911\n.fi\n"
         _ => {
             ".nf\npipec \\-\\-server vps \\-\\-forward 3000\n\
 pipec \\-\\-server vps:8910 \\-\\-forward tcp:22:2222 \\-\\-forward http:3000:myapp\n\
+pipec \\-\\-server node1.vps \\-\\-server node2.vps \\-\\-forward tcp:3000:9000\n\
 pipec relay tcp:9299 unix:/tmp/agent.sock\n.fi\n"
         }
     };

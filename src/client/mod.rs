@@ -1,10 +1,12 @@
 //! `pipec`: keeps one session to the server, registers the forwards, splices every
 //! stream the server opens to the local service, and reconnects after any network
-//! failure with capped exponential backoff and jitter.
+//! failure with capped exponential backoff and jitter, failing over between servers
+//! when there are several (`failover`).
 //!
 //! What the user sees on stdout is not printed here: `run` reports `ClientEvent`s and
 //! the binary prints them.
 
+mod failover;
 pub mod inspect;
 mod local;
 mod session;
@@ -15,10 +17,11 @@ use crate::accounts::proof::ClientKey;
 use crate::auth::LoginError;
 use crate::config::{ClientConfig, ForwardSpec};
 use crate::protocol::Proto;
+use failover::{Next, Rotation};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// First reconnect delay: a blip should cost almost nothing.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -158,14 +161,24 @@ pub async fn run(
         .collect();
     let mut backoff = Backoff::new(config.reconnect_max);
     let mut retries = Retries::default();
+    let mut rotation = Rotation::new(config.servers.len());
+    // Why each server in a row failed to resolve, while no session has logged in yet.
+    let mut unresolved: Vec<String> = Vec::new();
+    // The address of the last session, so that after losing it another is dialled first.
+    let mut peer = None;
     loop {
+        let server = &config.servers[rotation.current()];
         let ctx = session::SessionCtx {
             config: &config,
+            server,
+            peer: &mut peer,
             key: &mut key,
             tls: tls.as_ref(),
             events: &events,
             shutdown: &shutdown,
         };
+        let mut name_failed = false;
+        let started = std::time::Instant::now();
         let why = match session::run_once(ctx, &mut forwards).await {
             Ok(session::End::Shutdown) => return Ok(()),
             Ok(session::End::AllClosed { reason }) => {
@@ -187,12 +200,21 @@ pub async fn run(
                     Some(reason)
                 }
             }
-            Ok(session::End::Unreachable { reason, unresolved }) => {
-                if unresolved && !retries.ever_connected && !config.retry_forever {
-                    return Err(ClientError::Unresolved(reason));
+            Ok(session::End::Unreachable {
+                reason,
+                unresolved: true,
+            }) => {
+                name_failed = true;
+                // Exit 1 only when no server resolves: one that does may come up.
+                if !retries.ever_connected && !config.retry_forever {
+                    unresolved.push(reason.clone());
+                    if unresolved.len() >= config.servers.len() {
+                        return Err(ClientError::Unresolved(unresolved.join("; ")));
+                    }
                 }
                 Some(reason)
             }
+            Ok(session::End::Unreachable { reason, .. }) => Some(reason),
             Err(ClientError::Login(LoginError::BadToken)) if config.token.is_none() => {
                 if !config.retry_forever {
                     return Err(ClientError::NoToken);
@@ -202,13 +224,40 @@ pub async fn run(
             Err(ClientError::Login(e)) if config.retry_forever => Some(e.to_string()),
             Err(e) => return Err(e),
         };
+        if !name_failed {
+            unresolved.clear();
+        }
+        let next = match &why {
+            None => rotation.session_ended(started.elapsed()),
+            Some(_) => rotation.attempt_failed(),
+        };
+        let to = &config.servers[rotation.current()];
+        if why.is_none() && rotation.is_cluster() {
+            info!(server = %to, "failing over to the next server");
+        }
+        if next == Next::Now {
+            if let Some(why) = why {
+                let n = retries.failed();
+                if Retries::worth_a_line(n) {
+                    warn!("{why}; trying {to}");
+                } else {
+                    debug!("{why}; trying {to}");
+                }
+            }
+            continue;
+        }
         let delay = backoff.delay();
         if let Some(why) = why {
             let n = retries.failed();
-            if Retries::worth_a_line(n) {
-                warn!("{why}; retry {n} in {}", short_duration(delay));
+            let then = if rotation.is_cluster() {
+                format!(" ({to})")
             } else {
-                debug!("{why}; retry {n} in {}", short_duration(delay));
+                String::new()
+            };
+            if Retries::worth_a_line(n) {
+                warn!("{why}; retry {n}{then} in {}", short_duration(delay));
+            } else {
+                debug!("{why}; retry {n}{then} in {}", short_duration(delay));
             }
         }
         tokio::select! {

@@ -5,7 +5,7 @@ use super::stream::{self, Routes};
 use super::{describe, ClientError, ClientEvent, ForwardState};
 use crate::accounts::proof::ClientKey;
 use crate::auth::client_handshake;
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, ServerAddr};
 use crate::protocol::{
     ClientMsg, CodecError, ForwardRequest, MessageStream, Proto, ServerMsg, MAX_CONTROL_FRAME,
 };
@@ -13,6 +13,7 @@ use crate::transport::mux::{self, Mode, MAX_STREAMS_LIMIT};
 use crate::transport::tls::{self, TlsConnector};
 use crate::transport::{tcp, BatchIo, MuxStream};
 use futures::io::{AsyncRead, AsyncWrite};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -28,6 +29,11 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 pub(crate) struct SessionCtx<'a> {
     pub config: &'a ClientConfig,
+    /// The server this session dials (one of `config.servers`).
+    pub server: &'a ServerAddr,
+    /// In: the address the last attempt reached (its session is gone), dialled last.
+    /// Out: the address this attempt reached.
+    pub peer: &'a mut Option<SocketAddr>,
     pub key: &'a mut ClientKey,
     pub tls: Option<&'a TlsConnector>,
     pub events: &'a mpsc::UnboundedSender<ClientEvent>,
@@ -69,9 +75,11 @@ fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
-/// Resolves the server's name, then dials each address in turn.
-async fn dial(server: &str) -> Result<TcpStream, End> {
-    let addrs: Vec<_> = match tokio::net::lookup_host(server).await {
+/// Resolves the server's name, then dials each address in turn; `last`, the address
+/// the previous session was on, goes to the back of the queue (a name with an address
+/// per node fails over to another node first).
+async fn dial(server: &str, last: Option<SocketAddr>) -> Result<TcpStream, End> {
+    let mut addrs: Vec<_> = match tokio::net::lookup_host(server).await {
         Ok(a) => a.collect(),
         Err(e) => {
             return Err(End::Unreachable {
@@ -80,6 +88,8 @@ async fn dial(server: &str) -> Result<TcpStream, End> {
             })
         }
     };
+    // Stable: the resolver's order stays as it is otherwise.
+    addrs.sort_by_key(|a| Some(*a) == last);
     let mut why = String::from("the name has no address");
     for a in &addrs {
         match TcpStream::connect(a).await {
@@ -127,16 +137,17 @@ pub(crate) async fn run_once(
     ctx: SessionCtx<'_>,
     forwards: &mut [ForwardState],
 ) -> Result<End, ClientError> {
-    let dial = timeout(CONNECT_TIMEOUT, dial(&ctx.config.server));
+    let dial = timeout(CONNECT_TIMEOUT, dial(&ctx.server.addr, ctx.peer.take()));
     let tcp = tokio::select! {
         _ = ctx.shutdown.cancelled() => return Ok(End::Shutdown),
         r = dial => match r {
             Ok(Ok(s)) => s,
             Ok(Err(end)) => return Ok(end),
-            Err(_) => return unreachable(format!("cannot reach {} (timed out)", ctx.config.server), false),
+            Err(_) => return unreachable(format!("cannot reach {} (timed out)", ctx.server), false),
         },
     };
     tcp::tune_control(&tcp);
+    *ctx.peer = tcp.peer_addr().ok();
     let Some(connector) = ctx.tls else {
         return serve(ctx, forwards, BatchIo::new(tcp)).await;
     };
@@ -144,7 +155,7 @@ pub(crate) async fn run_once(
         .config
         .tls_server_name
         .clone()
-        .unwrap_or_else(|| ctx.config.server_host.clone());
+        .unwrap_or_else(|| ctx.server.host.clone());
     let name = tls::server_name(&name).map_err(ClientError::Tls)?;
     match timeout(CONNECT_TIMEOUT, connector.connect(name, tcp)).await {
         Ok(Ok(s)) => serve(ctx, forwards, BatchIo::new(s)).await,
@@ -206,7 +217,7 @@ where
                 Err(_) => return lost("login timed out"),
             },
         };
-        info!(session = session_id, server = %cfg.server, "logged in");
+        info!(session = session_id, server = %ctx.server, "logged in");
         let mut s = Control {
             ctx: &ctx,
             forwards,
@@ -348,7 +359,7 @@ impl Control<'_, '_> {
     }
 
     fn forward_ok(&mut self, id: u32, remote_port: u16, url: Option<String>) {
-        let host = &self.ctx.config.server_host;
+        let host = &self.ctx.server.host;
         let Some(f) = self.forwards.get_mut(id as usize) else {
             return;
         };

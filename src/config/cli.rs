@@ -198,9 +198,10 @@ pub enum PipecCommand {
 
 #[derive(Debug, Args)]
 pub struct PipecRunArgs {
-    /// The piped control address, `HOST[:PORT]` (the port defaults to 8910)
-    #[arg(long)]
-    pub server: Option<String>,
+    /// The piped control address, `HOST[:PORT]` (the port defaults to 8910); give it
+    /// again for each node of a cluster: pipec fails over to the next one
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub server: Vec<String>,
     // The help text is an attribute, not a doc comment: rustdoc would read its
     // brackets as links.
     #[arg(
@@ -228,7 +229,8 @@ pub struct PipecRunArgs {
     /// self-signed certificate (implies --tls).
     #[arg(long)]
     pub tls_ca: Option<PathBuf>,
-    /// Name to verify in the server certificate [default: the --server host]
+    /// Name to verify in the server certificate [default: the host of the --server
+    /// being dialled]
     #[arg(long)]
     pub tls_server_name: Option<String>,
     /// Accept exactly the server certificate with this fingerprint, sha256:HEX (as

@@ -55,7 +55,9 @@ pub struct ServerFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ClientFile {
-    pub server: Option<String>,
+    /// One server, or an array of them to fail over between.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub server: Option<Vec<String>>,
     pub user: Option<String>,
     pub token: Option<String>,
     #[serde(default)]
@@ -108,6 +110,37 @@ pub struct ForwardTable {
     pub proxy_protocol: Option<String>,
     /// Record this forward's HTTP exchanges in the inspector.
     pub inspect: Option<bool>,
+}
+
+/// `"a:8910"` or `["a:8910", "b:8910"]`, as a list.
+fn one_or_many<'de, D>(d: D) -> Result<Option<Vec<String>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct OneOrMany;
+    impl<'de> serde::de::Visitor<'de> for OneOrMany {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a server HOST[:PORT] or an array of them")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(vec![v.to_string()])
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut all = Vec::new();
+            while let Some(s) = seq.next_element::<String>()? {
+                all.push(s);
+            }
+            Ok(all)
+        }
+    }
+    d.deserialize_any(OneOrMany).map(Some)
 }
 
 /// Reads and parses a TOML file, naming the file in any error.

@@ -7,8 +7,10 @@
 pub mod cli;
 pub mod file;
 mod options;
+mod servers;
 mod values;
 
+pub use servers::{host_of, with_default_port, ServerAddr};
 pub use values::{valid_subdomain, Endpoint, ForwardSpec, PortSet, Rate, DEFAULT_LOCAL_HOST};
 
 use crate::auth::Token;
@@ -458,10 +460,8 @@ impl PipedArgs {
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// `HOST:PORT` of the server's control listener.
-    pub server: String,
-    /// The host part of `server`, used in the printed public addresses.
-    pub server_host: String,
+    /// The servers' control listeners, in the order they are tried (never empty).
+    pub servers: Vec<ServerAddr>,
     pub user: Option<String>,
     pub token: Option<Token>,
     pub forwards: Vec<ForwardSpec>,
@@ -485,50 +485,13 @@ pub struct ClientConfig {
     pub log: LogConfig,
 }
 
-/// The server address with the default control port added when none is given.
-///
-/// ```
-/// assert_eq!(pipe::config::with_default_port("vps"), "vps:8910");
-/// assert_eq!(pipe::config::with_default_port("vps:9000"), "vps:9000");
-/// assert_eq!(pipe::config::with_default_port("[::1]"), "[::1]:8910");
-/// assert_eq!(pipe::config::with_default_port("[::1]:9000"), "[::1]:9000");
-/// assert_eq!(pipe::config::with_default_port("vps:"), "vps:");
-/// ```
-pub fn with_default_port(server: &str) -> String {
-    // A colon outside brackets means a port was meant (and is checked later).
-    let outside = server.rsplit_once(']').map_or(server, |(_, rest)| rest);
-    if outside.contains(':') {
-        server.to_string()
-    } else {
-        format!("{server}:{DEFAULT_PORT}")
-    }
-}
-
-/// Splits `HOST:PORT` (IPv6 in brackets) and returns the host.
-///
-/// ```
-/// assert_eq!(pipe::config::host_of("example.com:8910").unwrap(), "example.com");
-/// assert_eq!(pipe::config::host_of("[::1]:8910").unwrap(), "[::1]");
-/// assert!(pipe::config::host_of("example.com").is_err());
-/// ```
-pub fn host_of(server: &str) -> Result<String, ConfigError> {
-    match server.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => Ok(h.to_string()),
-        _ => Err(format!("invalid server {server:?}: expected HOST:PORT").into()),
-    }
-}
-
 impl ClientConfig {
     pub fn from_args(a: PipecRunArgs, log: &LogArgs) -> Result<Self, ConfigError> {
         let f: file::ClientFile = match &a.config {
             Some(p) => file::load(p)?,
             None => Default::default(),
         };
-        let server = a.server.or(f.server).ok_or_else(|| {
-            "missing --server HOST[:PORT] (or `server` in the config file)".to_string()
-        })?;
-        let server = with_default_port(&server);
-        let server_host = host_of(&server)?;
+        let servers = servers::server_list(a.server, f.server)?;
         let client_limit = a.speed_limit.or(f.speed_limit).map(|r| r.0);
         let mut forwards = a.forwards;
         if forwards.is_empty() {
@@ -582,8 +545,7 @@ impl ClientConfig {
             }
         }
         Ok(ClientConfig {
-            server,
-            server_host,
+            servers,
             user,
             token: a
                 .token
@@ -624,11 +586,16 @@ impl ClientConfig {
 
     /// A client config for `server` with the given forwards and all defaults.
     pub fn new(server: &str, forwards: Vec<ForwardSpec>) -> Result<Self, ConfigError> {
+        ClientConfig::with_servers(&[server], forwards)
+    }
+
+    /// A client config that fails over between `servers`, in this order.
+    pub fn with_servers(servers: &[&str], forwards: Vec<ForwardSpec>) -> Result<Self, ConfigError> {
         use clap::Parser;
         let mut args = cli::PipecArgs::parse_from(["pipec"]);
         args.run.token = None;
         args.run.user = None;
-        args.run.server = Some(server.to_string());
+        args.run.server = servers.iter().map(|s| s.to_string()).collect();
         args.run.forwards = forwards;
         ClientConfig::from_args(args.run, &args.log)
     }
