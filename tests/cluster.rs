@@ -13,16 +13,12 @@ use std::time::{Duration, Instant};
 
 const MIB: usize = 1024 * 1024;
 
-fn ip(octet: u8) -> IpAddr {
-    format!("127.0.0.{octet}").parse().unwrap()
-}
-
-/// Three nodes a, b, c on 127.0.0.2-4.
-fn three_nodes(redis: &Redis) -> Vec<Node> {
+/// Three nodes a, b, c on 127.0.`net`.2-4.
+fn three_nodes(redis: &Redis, net: u8) -> Vec<Node> {
     vec![
-        Node::start(&redis.url(), "a", 2, &[]),
-        Node::start(&redis.url(), "b", 3, &[]),
-        Node::start(&redis.url(), "c", 4, &[]),
+        Node::start(&redis.url(), "a", node_ip(net, 2), &[]),
+        Node::start(&redis.url(), "b", node_ip(net, 3), &[]),
+        Node::start(&redis.url(), "c", node_ip(net, 4), &[]),
     ]
 }
 
@@ -39,7 +35,7 @@ fn client(server: &Node, forwards: &[String]) -> Pipec {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_node_serves_every_tunnel_with_the_real_visitor() {
     let redis = Redis::start();
-    let nodes = three_nodes(&redis);
+    let nodes = three_nodes(&redis, 10);
     let body = Arc::new(random_bytes(32 * MIB, 14));
     let want = sha256(&body);
     let files = file_server(body.clone()).await;
@@ -66,9 +62,9 @@ async fn every_node_serves_every_tunnel_with_the_real_visitor() {
         let echo = udp_roundtrip(n.ip, udp_port, msg.as_bytes(), WAIT).await;
         assert_eq!(echo, msg.as_bytes(), "udp through node {}", n.name);
         // The local service learns the visitor's own address, whichever node it used.
-        let line = visitor_line(ip(9), n.ip, line_port).await;
+        let line = visitor_line(node_ip(10, 9), n.ip, line_port).await;
         assert!(
-            line.starts_with(&format!("PROXY TCP4 127.0.0.9 {} ", n.ip)),
+            line.starts_with(&format!("PROXY TCP4 127.0.10.9 {} ", n.ip)),
             "through node {}: {line:?}",
             n.name
         );
@@ -78,7 +74,7 @@ async fn every_node_serves_every_tunnel_with_the_real_visitor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_port_held_on_one_node_is_refused_on_another_and_stays_up() {
     let redis = Redis::start();
-    let nodes = three_nodes(&redis);
+    let nodes = three_nodes(&redis, 11);
     let echo = echo_service().await;
     let mut first = client(&nodes[0], &[format!("tcp:127.0.0.1:{}:0", echo.port)]);
     let port = first.wait_forwarding();
@@ -135,9 +131,14 @@ fn claim_keys(view: &serde_json::Value) -> Vec<(String, String)> {
 async fn a_redis_outage_leaves_tunnels_carrying_and_refuses_new_claims_until_it_is_back() {
     let mut redis = Redis::start();
     let nodes = vec![
-        Node::start(&redis.url(), "a", 2, &["--admin", "127.0.0.2:0"]),
-        Node::start(&redis.url(), "b", 3, &[]),
-        Node::start(&redis.url(), "c", 4, &[]),
+        Node::start(
+            &redis.url(),
+            "a",
+            node_ip(40, 2),
+            &["--admin", "127.0.40.2:0"],
+        ),
+        Node::start(&redis.url(), "b", node_ip(40, 3), &[]),
+        Node::start(&redis.url(), "c", node_ip(40, 4), &[]),
     ];
     let body = Arc::new(random_bytes(4 * MIB, 7));
     let want = sha256(&body);
@@ -233,7 +234,7 @@ async fn a_redis_outage_leaves_tunnels_carrying_and_refuses_new_claims_until_it_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_restarted_under_its_name_serves_every_live_tunnel_again() {
     let redis = Redis::start();
-    let mut nodes = three_nodes(&redis);
+    let mut nodes = three_nodes(&redis, 12);
     let echo = echo_service().await;
     let udp = udp_echo().await;
     let mut c = client(
@@ -257,7 +258,7 @@ async fn a_node_restarted_under_its_name_serves_every_live_tunnel_again() {
     };
     assert_eq!(roundtrip(nodes[1].ip, b"before").await, b"before");
     nodes[1].kill();
-    let restarted = Node::start(&redis.url(), "b", 3, &[]);
+    let restarted = Node::start(&redis.url(), "b", nodes[1].ip, &[]);
     assert_eq!(restarted.name, "b");
     assert_eq!(
         roundtrip(restarted.ip, b"after the restart").await,
@@ -349,4 +350,182 @@ fn an_unreachable_directory_at_start_exits_1_and_names_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot reach the cluster directory"), "{err}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_login_copied_off_the_wire_cannot_take_the_client_s_ports_on_another_node() {
+    use common::login::{client_messages, login_from, Attempt};
+    use pipe::protocol::ClientMsg;
+    let redis = Redis::start();
+    let nodes = three_nodes(&redis, 13);
+    let echo = echo_service().await;
+    let proxy = common::proxy::Proxy::start_to(nodes[0].addr()).await;
+    let via: std::net::SocketAddr = ([127, 0, 0, 1], proxy.port).into();
+    let args = [
+        "--token".to_string(),
+        TOKEN.to_string(),
+        "--forward".to_string(),
+        format!("tcp:127.0.0.1:{}:0", echo.port),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut victim = Pipec::spawn(via, &args);
+    let port = victim.wait_forwarding();
+    let msgs = client_messages(&proxy.upstream_bytes());
+    let Some(ClientMsg::Login {
+        client_id, proof, ..
+    }) = msgs.first().cloned()
+    else {
+        panic!("no login on the wire: {msgs:?}");
+    };
+    // The copied login, with the right token, on every other node: refused.
+    for n in &nodes[1..] {
+        let a = Attempt {
+            user: None,
+            token: TOKEN,
+            client_id,
+            proof,
+        };
+        let o = login_from([127, 0, 41, 8], n.addr(), &a).await;
+        let err = o.result.expect_err("the copied login got in");
+        assert!(err.contains("proof"), "node {}: {err}", n.name);
+    }
+    // The victim's port still answers through every node.
+    for n in &nodes {
+        let mut s = connect_when_ready(n.ip, port, WAIT).await;
+        tokio::io::AsyncWriteExt::write_all(&mut s, b"victim")
+            .await
+            .unwrap();
+        let mut back = [0u8; 6];
+        tokio::io::AsyncReadExt::read_exact(&mut s, &mut back)
+            .await
+            .unwrap();
+        assert_eq!(&back, b"victim", "via {}", n.name);
+    }
+}
+
+/// `forwarding tcp://127.0.0.3:9000 -> …` → 127.0.0.3
+fn forwarding_host(line: &str) -> IpAddr {
+    let public = line.split_whitespace().nth(1).unwrap_or_default();
+    let host = public.split("://").nth(1).and_then(|h| h.rsplit_once(':'));
+    host.and_then(|(h, _)| h.parse().ok())
+        .unwrap_or_else(|| panic!("no host in {line:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_node_that_holds_the_session_moves_the_client_to_a_survivor_within_3s() {
+    let redis = Redis::start();
+    let mut nodes = three_nodes(&redis, 14);
+    let body = Arc::new(random_bytes(MIB, 3));
+    let want = sha256(&body);
+    let files = file_server(body.clone()).await;
+    let udp = udp_echo().await;
+    let mut args = vec![s("--token"), s(TOKEN)];
+    for n in &nodes {
+        args.extend([s("--server"), n.addr().to_string()]);
+    }
+    args.extend([s("--forward"), format!("tcp:127.0.0.1:{files}:0")]);
+    args.extend([s("--forward"), format!("udp:127.0.0.1:{udp}:0")]);
+    let mut c = Pipec {
+        proc: Proc::spawn(pipec_bin(), &args),
+    };
+    let first = c.proc.wait_line("forwarding ", WAIT);
+    let (tcp_port, udp_port) = (public_port(&first), c.wait_forwarding());
+    let mut holder = forwarding_host(&first);
+    let mut took = Vec::new();
+    for round in 0..10 {
+        let at = nodes.iter().position(|n| n.ip == holder).unwrap();
+        // Traffic through a survivor while the holder dies.
+        let survivor = nodes[(at + 1) % nodes.len()].ip;
+        let during = tokio::spawn(async move {
+            let mut s = connect_when_ready(survivor, tcp_port, WAIT).await;
+            tokio::io::AsyncWriteExt::write_all(&mut s, b"GET / HTTP/1.0\r\n\r\n")
+                .await
+                .unwrap();
+            let mut sink = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut sink).await;
+        });
+        let killed = Instant::now();
+        nodes[at].kill();
+        let mut lines = vec![
+            c.proc.wait_line("forwarding ", Duration::from_secs(10)),
+            c.proc.wait_line("forwarding ", Duration::from_secs(10)),
+        ];
+        took.push(killed.elapsed());
+        lines.sort();
+        let ports: Vec<u16> = lines.iter().map(|l| public_port(l)).collect();
+        let mut want_ports = vec![tcp_port, udp_port];
+        want_ports.sort();
+        let mut got_ports = ports.clone();
+        got_ports.sort();
+        assert_eq!(got_ports, want_ports, "round {round}: {lines:?}");
+        holder = forwarding_host(&lines[0]);
+        assert_ne!(holder, nodes[at].ip, "round {round}");
+        let _ = during.await;
+        // Every survivor carries visitors again.
+        for n in nodes.iter().filter(|n| n.ip != nodes[at].ip) {
+            assert_eq!(
+                sha256(&download(n.ip, tcp_port).await),
+                want,
+                "round {round} via {}",
+                n.name
+            );
+            let msg = format!("round {round} via {}", n.name);
+            let echo = udp_roundtrip(n.ip, udp_port, msg.as_bytes(), WAIT).await;
+            assert_eq!(echo, msg.as_bytes());
+        }
+        // The dead node comes back under its name for the next round.
+        nodes[at].restart(&redis.url());
+    }
+    let mut sorted = took.clone();
+    sorted.sort();
+    let (p50, max) = (sorted[sorted.len() / 2], sorted[sorted.len() - 1]);
+    eprintln!("re-registered on a survivor after kill -9: p50 {p50:?}, max {max:?} over 10 rounds");
+    assert!(max < Duration::from_secs(3), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_node_s_claims_stop_blocking_after_their_lease() {
+    let redis = Redis::start();
+    let mut nodes = three_nodes(&redis, 15);
+    let echo = echo_service().await;
+    // A client that only knows node a: it cannot fail over.
+    let mut stuck = client(&nodes[0], &[format!("tcp:127.0.0.1:{}:0", echo.port)]);
+    let port = stuck.wait_forwarding();
+    drop(connect_when_ready(nodes[1].ip, port, WAIT).await);
+    nodes[0].kill();
+    let killed = Instant::now();
+    let spec = format!("tcp:127.0.0.1:{}:{port}", echo.port);
+    // Until the lease ends the port is still a's; then another client gets it.
+    let lease = Duration::from_secs(20);
+    let got = loop {
+        let mut other = client(&nodes[1], &[spec.clone()]);
+        if let Some(line) = other.proc.wait_line_or_exit("forwarding ", WAIT) {
+            break (line, other);
+        }
+        assert_eq!(other.proc.wait_exit(WAIT), 4);
+        let err = other.proc.stderr();
+        assert!(err.contains(&format!("port {port}")), "{err}");
+        assert!(
+            killed.elapsed() < lease + Duration::from_secs(10),
+            "still blocked: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let waited = killed.elapsed();
+    assert!(
+        waited > Duration::from_secs(10),
+        "the claim went before its lease: {waited:?}"
+    );
+    assert_eq!(public_port(&got.0), port);
+    for n in &nodes[1..] {
+        let mut s = connect_when_ready(n.ip, port, WAIT).await;
+        tokio::io::AsyncWriteExt::write_all(&mut s, b"free again")
+            .await
+            .unwrap();
+        let mut back = [0u8; 10];
+        tokio::io::AsyncReadExt::read_exact(&mut s, &mut back)
+            .await
+            .unwrap();
+        assert_eq!(&back, b"free again", "via {}", n.name);
+    }
 }

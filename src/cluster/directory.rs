@@ -161,6 +161,20 @@ pub trait Directory: Send + Sync {
     /// The nodes whose registration has not expired.
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, DirError>>;
 
+    /// The last login proof any node accepted from `client` (an owner key), hex.
+    fn last_proof<'a>(&'a self, client: &'a str)
+        -> BoxFuture<'a, Result<Option<String>, DirError>>;
+
+    /// Records `new` as `client`'s last proof if the record is still `expected`
+    /// (`None`: no record); `false` when another login moved it first.
+    fn advance_proof<'a>(
+        &'a self,
+        client: &'a str,
+        expected: Option<&'a str>,
+        new: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, DirError>>;
+
     /// Changes as they happen. A receiver that lags gets `RecvError::Lagged` and must
     /// read the directory whole, as after [`DirEvent::Resync`].
     fn subscribe(&self) -> broadcast::Receiver<DirEvent>;

@@ -19,6 +19,7 @@ pub struct LocalDirectory {
 struct Inner {
     claims: BTreeMap<ClaimKey, Holder>,
     nodes: HashMap<String, NodeInfo>,
+    proofs: HashMap<String, String>,
 }
 
 impl Default for LocalDirectory {
@@ -111,6 +112,29 @@ impl Directory for LocalDirectory {
         let mut all: Vec<_> = self.lock().nodes.values().cloned().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         futures::future::ready(Ok(all)).boxed()
+    }
+
+    fn last_proof<'a>(
+        &'a self,
+        client: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, DirError>> {
+        let found = self.lock().proofs.get(client).cloned();
+        futures::future::ready(Ok(found)).boxed()
+    }
+
+    fn advance_proof<'a>(
+        &'a self,
+        client: &'a str,
+        expected: Option<&'a str>,
+        new: &'a str,
+        _ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, DirError>> {
+        let mut inner = self.lock();
+        let moved = inner.proofs.get(client).map(String::as_str) == expected;
+        if moved {
+            inner.proofs.insert(client.to_string(), new.to_string());
+        }
+        futures::future::ready(Ok(moved)).boxed()
     }
 
     fn subscribe(&self) -> broadcast::Receiver<DirEvent> {

@@ -24,6 +24,7 @@ use tracing::{debug, info};
 
 const CLAIM_PREFIX: &str = "pipe:claim:";
 const NODE_PREFIX: &str = "pipe:node:";
+const PROOF_PREFIX: &str = "pipe:proof:";
 const CHANNEL: &str = "pipe:events";
 /// Keys asked for per SCAN step: large enough that a directory of 10,000 claims is
 /// read in a handful of round trips, small enough not to stall Redis.
@@ -69,11 +70,23 @@ end
 return 0
 "#;
 
+/// Moves a client's proof record from ARGV[1] ('' = none) to ARGV[2] with a TTL of
+/// ARGV[3] ms. Returns 1 when moved, 0 when the record was something else.
+const ADVANCE_PROOF: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if (cur == false and ARGV[1] == '') or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"#;
+
 pub struct RedisDirectory {
     conn: ConnectionManager,
     claim: Script,
     renew: Script,
     release: Script,
+    advance_proof: Script,
     events: broadcast::Sender<DirEvent>,
     _listener: AbortOnDropHandle<()>,
 }
@@ -130,6 +143,7 @@ impl RedisDirectory {
             claim: Script::new(CLAIM),
             renew: Script::new(RENEW),
             release: Script::new(RELEASE),
+            advance_proof: Script::new(ADVANCE_PROOF),
             events,
             _listener: AbortOnDropHandle::new(listener),
         })
@@ -292,6 +306,37 @@ impl Directory for RedisDirectory {
             }
             out.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(out)
+        }
+        .boxed()
+    }
+
+    fn last_proof<'a>(
+        &'a self,
+        client: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, DirError>> {
+        async move {
+            let mut conn = self.conn.clone();
+            bounded(conn.get(format!("{PROOF_PREFIX}{client}"))).await
+        }
+        .boxed()
+    }
+
+    fn advance_proof<'a>(
+        &'a self,
+        client: &'a str,
+        expected: Option<&'a str>,
+        new: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, DirError>> {
+        async move {
+            let mut conn = self.conn.clone();
+            let mut call = self.advance_proof.prepare_invoke();
+            call.key(format!("{PROOF_PREFIX}{client}"))
+                .arg(expected.unwrap_or(""))
+                .arg(new)
+                .arg(millis(ttl));
+            let moved: i64 = bounded(call.invoke_async(&mut conn)).await?;
+            Ok(moved == 1)
         }
         .boxed()
     }

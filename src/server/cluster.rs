@@ -319,6 +319,11 @@ impl Cluster {
         if let Some(a) = lock(&self.peers).get(node) {
             return Ok(a.clone());
         }
+        self.refresh_peer_addr(node).await
+    }
+
+    /// Where to dial `node`, read from the directory now.
+    pub async fn refresh_peer_addr(&self, node: &str) -> Result<String, String> {
         let nodes = self.dir.nodes().await.map_err(|e| self.failed(&e))?;
         self.learn_peers(&nodes);
         lock(&self.peers)

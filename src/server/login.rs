@@ -8,6 +8,7 @@ use super::Ctx;
 use crate::accounts::{proof, throttle};
 use crate::auth::ClientLogin;
 use crate::protocol::MessageStream;
+use crate::protocol::PROOF_LEN;
 use crate::transport::{mux, MuxStream};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -58,6 +59,60 @@ pub(super) fn login_failed(ctx: &Ctx, peer: SocketAddr) {
     }
 }
 
+/// How long the cluster remembers a client's last proof after its last login: a
+/// client away longer may come back with any link of its chain.
+const PROOF_MEMORY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; PROOF_LEN]> {
+    let mut out = [0u8; PROOF_LEN];
+    if s.len() != 2 * PROOF_LEN {
+        return None;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Cluster: the proof must also come before the last one any node accepted from this
+/// client (so a link seen on the wire cannot log in on another node), and becomes the
+/// record. A directory that cannot be reached leaves the check to this node alone;
+/// such a session can take no claim until it is back.
+async fn proven_in_cluster(
+    c: &super::cluster::Cluster,
+    owner: &Owner,
+    proof_link: &[u8; PROOF_LEN],
+) -> bool {
+    let client = super::cluster::owner_key(owner);
+    let last = match c.dir.last_proof(&client).await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "cannot read the client's last proof from the cluster directory; checked on this node only");
+            return true;
+        }
+    };
+    if let Some(accepted) = last.as_deref().and_then(unhex) {
+        if !proof::follows(proof_link, &accepted) {
+            return false;
+        }
+    }
+    match c
+        .dir
+        .advance_proof(&client, last.as_deref(), &hex(proof_link), PROOF_MEMORY)
+        .await
+    {
+        Ok(moved) => moved,
+        Err(e) => {
+            warn!(error = %e, "cannot record the client's proof in the cluster directory");
+            true
+        }
+    }
+}
+
 /// Registers the session after ending any earlier session of the same client, whose
 /// ports are then free for this one to claim; or says why not. Only the same user's
 /// client that proves the next link of its chain may take over (`accounts::proof`).
@@ -72,12 +127,15 @@ pub(super) async fn register(
         client_id: who.client_id,
     };
     let old = ctx.state.sessions_of_client(&who.client_id, 0);
-    let proven = if old.is_empty() {
+    let mut proven = if old.is_empty() {
         proof::binds_to_id(&who.proof, &who.client_id)
     } else {
         old.iter()
             .all(|s| s.owner.user == owner.user && proof::follows(&who.proof, &s.proof))
     };
+    if let (true, Some(c)) = (proven, ctx.state.cluster()) {
+        proven = proven_in_cluster(&c, &owner, &who.proof).await;
+    }
     if !proven {
         ctx.state
             .stats

@@ -328,7 +328,16 @@ async fn visitor(
     if !source.is_peer() && !admits(holder.rules.as_ref(), v.addr.ip()) {
         return Err("visitor refused by the tunnel's access rules".into());
     }
-    let mut stream = open_to_holder(cluster, &holder, key, Some(v.addr), v.public).await?;
+    let mut stream =
+        match open_to_holder(cluster, &holder, key.clone(), Some(v.addr), v.public).await {
+            Ok(s) => s,
+            Err(e) => {
+                // The holder may have just died and its client moved to another node,
+                // whose claim this node has not heard of yet: ask the directory once.
+                let fresh = current_holder(cluster, &key, &holder).await.ok_or(e)?;
+                open_to_holder(cluster, &fresh, key, Some(v.addr), v.public).await?
+            }
+        };
     if !v.early.is_empty() {
         stream
             .write_all(&v.early)
@@ -348,6 +357,19 @@ async fn visitor(
     result.map(|_| ()).map_err(|e| e.to_string())
 }
 
+/// The claim's holder as the directory has it now, when that is another node than
+/// `stale` (and not this one); the mirror follows it.
+async fn current_holder(cluster: &Cluster, key: &ClaimKey, stale: &Holder) -> Option<Holder> {
+    let now = cluster.dir.lookup(key).await.ok()??;
+    if now.node == stale.node || now.node == cluster.node {
+        return None;
+    }
+    if let Some(m) = cluster.mirrors.lock().get_mut(key) {
+        m.holder = now.clone();
+    }
+    Some(now)
+}
+
 async fn open_to_holder(
     cluster: &Cluster,
     holder: &Holder,
@@ -356,7 +378,14 @@ async fn open_to_holder(
     public: Option<SocketAddr>,
 ) -> Result<crate::transport::MuxStream, String> {
     let addr = cluster.peer_addr(&holder.node).await?;
-    let mut stream = cluster.links.open(&holder.node, &addr).await?;
+    let mut stream = match cluster.links.open(&holder.node, &addr).await {
+        Ok(s) => s,
+        // The node may have restarted on another address: read it again, once.
+        Err(e) => match cluster.refresh_peer_addr(&holder.node).await {
+            Ok(fresh) if fresh != addr => cluster.links.open(&holder.node, &fresh).await?,
+            _ => return Err(e),
+        },
+    };
     let open = PeerOpen {
         key,
         visitor,
@@ -452,7 +481,14 @@ async fn udp_loop(
             if let Some(old) = link.take() {
                 old.done.cancel();
             }
-            match open_udp_link(&cluster, &holder, &key, &socket, &peers, &ctx).await {
+            let opened = match open_udp_link(&cluster, &holder, &key, &socket, &peers, &ctx).await {
+                Ok(l) => Ok(l),
+                Err(e) => match current_holder(&cluster, &key, &holder).await {
+                    Some(h) => open_udp_link(&cluster, &h, &key, &socket, &peers, &ctx).await,
+                    None => Err(e),
+                },
+            };
+            match opened {
                 Ok(l) => link = Some(l),
                 Err(e) => {
                     debug!(error = %e, "no stream to the holder; datagram dropped");

@@ -41,6 +41,8 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams one link may carry at once: every visitor of every tunnel of the holder
 /// that arrived through the other node.
 const LINK_STREAMS: usize = 65_536;
+/// How long a stream for a claim may wait for its tunnel to open here.
+const ENTRY_WAIT: Duration = Duration::from_secs(2);
 /// Links that have not proved themselves yet, across all sources.
 const MAX_UNPROVEN: usize = 64;
 const ROLE_DIAL: &[u8] = b"dial";
@@ -435,7 +437,15 @@ async fn carry(ctx: Arc<Ctx>, mut s: MuxStream) {
         _ => return debug!("peer stream without a readable header; reset"),
     };
     cluster.stats.streams_in.fetch_add(1, Ordering::Relaxed);
-    match cluster.entry(&open.key) {
+    // A peer may learn of a claim (and send its first visitor) a moment before this
+    // node has finished opening the tunnel behind it.
+    let mut entry = cluster.entry(&open.key);
+    let deadline = tokio::time::Instant::now() + ENTRY_WAIT;
+    while entry.is_none() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        entry = cluster.entry(&open.key);
+    }
+    match entry {
         Some(super::cluster::Entry::Tcp(t)) => super::tcp::carry_from_peer(s, open, t).await,
         Some(super::cluster::Entry::Udp(tx)) => {
             let _ = tx.send(s).await;

@@ -16,12 +16,12 @@ async fn every_nodes_caddy_serves_a_subdomain_held_on_one_node_with_its_rules() 
         .iter()
         .zip(["a", "b", "c"])
         .zip(2u8..)
-        .map(|((caddy, name), octet)| {
+        .map(|((caddy, name), host)| {
             let url = caddy.admin_url();
             Node::start(
                 &redis.url(),
                 name,
-                octet,
+                node_ip(50, host),
                 &["--domain", DOMAIN, "--caddy-admin", &url],
             )
         })
@@ -65,7 +65,11 @@ async fn every_nodes_caddy_serves_a_subdomain_held_on_one_node_with_its_rules() 
     for (caddy, node) in caddies.iter().zip(&nodes) {
         let deadline = Instant::now() + WAIT;
         while caddy.pipe_ids().iter().any(|id| id.contains(DOMAIN)) {
-            assert!(Instant::now() < deadline, "node {} kept its route", node.name);
+            assert!(
+                Instant::now() < deadline,
+                "node {} kept its route",
+                node.name
+            );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }

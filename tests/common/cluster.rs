@@ -1,9 +1,15 @@
 //! Nodes of a `piped` cluster for the tests: each on its own loopback address
-//! (127.0.0.2, 127.0.0.3, …; all of 127/8 is loopback), so every node can listen on
+//! (127.0.N.2, 127.0.N.3, …; all of 127/8 is loopback), so every node can listen on
 //! the same public port, all sharing one real Redis.
 
 use super::*;
 use std::net::IpAddr;
+
+/// `127.0.NET.HOST`: tests in one binary run at once, so each gives its nodes a
+/// `NET` of its own and no two clusters meet on an address.
+pub fn node_ip(net: u8, host: u8) -> IpAddr {
+    IpAddr::from([127, 0, net, host])
+}
 
 pub const TOKEN: &str = "cluster-test-token-0123456789abcdef";
 
@@ -16,12 +22,23 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts node `name` on 127.0.0.`octet`, joined to the Redis at `url`.
-    pub fn start(url: &str, name: &str, octet: u8, extra: &[&str]) -> Node {
-        let ip: IpAddr = format!("127.0.0.{octet}").parse().unwrap();
+    /// Starts node `name` on `ip` (see [`node_ip`]), joined to the Redis at `url`.
+    pub fn start(url: &str, name: &str, ip: IpAddr, extra: &[&str]) -> Node {
+        Self::start_on(url, name, ip, (0, 0), extra)
+    }
+
+    /// Starts the node again (after [`Node::kill`]) under its name, on its control and
+    /// peer ports, as a restarted service would.
+    pub fn restart(&mut self, url: &str) {
+        let ports = (self.addr().port(), self.peer.port());
+        let fresh = Self::start_on(url, &self.name, self.ip, ports, &[]);
+        *self = fresh;
+    }
+
+    fn start_on(url: &str, name: &str, ip: IpAddr, ports: (u16, u16), extra: &[&str]) -> Node {
         let mut args = vec![
             s("--listen"),
-            format!("{ip}:0"),
+            format!("{ip}:{}", ports.0),
             s("--bind-addr"),
             ip.to_string(),
             s("--cluster"),
@@ -29,7 +46,7 @@ impl Node {
             s("--node"),
             name.to_string(),
             s("--peer-listen"),
-            format!("{ip}:0"),
+            format!("{ip}:{}", ports.1),
             s("--token"),
             s(TOKEN),
         ];
@@ -156,6 +173,19 @@ pub async fn visitor_line(from: IpAddr, ip: IpAddr, port: u16) -> String {
                 assert!(Instant::now() < deadline, "{ip}:{port} never accepted: {e}");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+        }
+    }
+}
+
+impl Drop for Node {
+    /// A failing test shows what each node logged.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- node {} stderr:\n{}",
+                self.name,
+                self.piped.proc.stderr()
+            );
         }
     }
 }

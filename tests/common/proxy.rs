@@ -33,6 +33,11 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(target: u16) -> Proxy {
+        Self::start_to(([127, 0, 0, 1], target).into()).await
+    }
+
+    /// A proxy to any address (a cluster node on 127.0.0.2, say).
+    pub async fn start_to(target: std::net::SocketAddr) -> Proxy {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
         let p = Proxy {
@@ -57,7 +62,7 @@ impl Proxy {
         tokio::spawn(async move {
             while let Ok((client, _)) = l.accept().await {
                 let n = conns.fetch_add(1, Ordering::SeqCst) + 1;
-                let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
+                let Ok(server) = TcpStream::connect(target).await else {
                     continue;
                 };
                 let token = reset.lock().unwrap().clone();
