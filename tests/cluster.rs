@@ -498,7 +498,7 @@ async fn a_dead_node_s_claims_stop_blocking_after_their_lease() {
     // Until the lease ends the port is still a's; then another client gets it.
     let lease = Duration::from_secs(20);
     let got = loop {
-        let mut other = client(&nodes[1], &[spec.clone()]);
+        let mut other = client(&nodes[1], std::slice::from_ref(&spec));
         if let Some(line) = other.proc.wait_line_or_exit("forwarding ", WAIT) {
             break (line, other);
         }
