@@ -36,6 +36,8 @@ const HOLD_OPEN: Duration = Duration::from_secs(60);
 /// Bound on the final echo over every idle visitor (each echo is bounded by 5 s, all run
 /// at once).
 const HOLD_CHECK: Duration = Duration::from_secs(15);
+/// How often a node that does not accept the tunnel's port yet is tried again.
+pub const MIRROR_RETRY: Duration = Duration::from_millis(20);
 /// The processes measured, after Redis in `Running::procs`: the nodes, then the client.
 const ROLES: [&str; 4] = ["a", "b", "c", "client"];
 
@@ -237,7 +239,7 @@ fn wait_accepting(addr: &str, within: Duration) -> Result<(), String> {
             Err(e) if Instant::now() >= deadline => {
                 return Err(format!("{addr} not accepting after {within:?}: {e}"))
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => std::thread::sleep(MIRROR_RETRY),
         }
     }
 }

@@ -6,7 +6,7 @@
 //! replaces just it in an existing docs/BENCHMARKS.md (`merge`), and a full run without
 //! it keeps the one already there: the other sections keep the run they came from.
 
-use crate::cluster::{IDLE_VISITORS, NODES};
+use crate::cluster::{IDLE_VISITORS, MIRROR_RETRY, NODES};
 use crate::harness::Sample;
 use crate::report::RunData;
 use crate::stats::{cell, fmt_num, med, missing_notes, short, systems_in};
@@ -102,8 +102,9 @@ fn intro(o: &mut String, d: &RunData) {
          one core. Holder and peer are measured on the same processes, their order \
          alternating round by round. Then {} idle visitors, a third at each node (a load \
          process each, every connection proven with a 1-byte echo), RSS (VmRSS, MiB) of each \
-         node and of `pipec` before the first load (\"fresh\") and with them open, and one \
-         more 1-byte echo on every visitor at the end.\n",
+         node and of `pipec` before the first load (\"fresh\") and with them open (`a` and \
+         `b` carried the throughput and latency loads before, `c` only its idle visitors), \
+         and one more 1-byte echo on every visitor at the end.\n",
         fmt_num(IDLE_VISITORS as f64, 0)
     );
     let _ = writeln!(
@@ -171,8 +172,9 @@ fn paths(o: &mut String, s: &[Sample]) {
             if let Some(ms) = m("mirror_ms") {
                 let _ = write!(
                     o,
-                    "; the other nodes accepted visitors {ms:.1} ms after `pipec` printed its \
-                     forwarding line (median)"
+                    "; the other nodes accepted visitors within {ms:.1} ms of `pipec`'s \
+                     forwarding line (median; tried every {} ms)",
+                    MIRROR_RETRY.as_millis()
                 );
             }
             let _ = writeln!(o, ".");
