@@ -3,8 +3,8 @@
 #
 #   bash benches/run.sh [pipebench run options]
 #
-# 1. installs what is missing: socat and iperf3 (apt-get), rathole 0.5.0 and bore-cli
-#    0.6.0 (cargo install into benches/.cache, which git ignores);
+# 1. installs what is missing: socat, iperf3 and redis-server (apt-get), rathole 0.5.0
+#    and bore-cli 0.6.0 (cargo install into benches/.cache, which git ignores);
 # 2. builds piped/pipec (release) and the harness/load generator (benches/pipebench);
 # 3. raises the open-file limit, enters a network namespace of its own (bore's control
 #    port is fixed at 7835; the namespace also keeps the run away from anything else on
@@ -13,10 +13,14 @@
 #
 # Workloads (all by default): tcp, udp, echo, mem (memory given back after a bulk load,
 # then 1,000/10,000 idle connections on the same processes), stall (200 stalled visitors
-# beside a sibling tunnel), inspect (pipe's HTTP inspector vs a plain forward).
+# beside a sibling tunnel), inspect (pipe's HTTP inspector vs a plain forward), cluster
+# (three piped nodes on 127.0.0.2-4 sharing a redis-server the harness starts: bulk
+# throughput and 1-byte RTT through the holding node and through a peer node, then 1,000
+# idle visitors over the three nodes and each node's RSS). `--workloads cluster --only
+# pipe` measures the cluster alone and replaces only its section of docs/BENCHMARKS.md.
 # Options go to `pipebench run`, e.g. `--rounds 3`, `--workloads tcp,echo`,
 # `--only pipe,rathole`, `--out-md /tmp/x.md`, `--variant LABEL=DIR` (A/B another build
-# of piped/pipec). CARGO_TARGET_DIR is honoured. Takes ~17 minutes of measuring on a
+# of piped/pipec). CARGO_TARGET_DIR is honoured. Takes ~20 minutes of measuring on a
 # 2-core machine, plus the builds the first time.
 set -euo pipefail
 
@@ -30,7 +34,7 @@ say() { echo "run.sh: $*" >&2; }
 
 # --- 1. tools -----------------------------------------------------------------------
 missing=()
-for t in socat iperf3; do command -v "$t" >/dev/null || missing+=("$t"); done
+for t in socat iperf3 redis-server; do command -v "$t" >/dev/null || missing+=("$t"); done
 if ((${#missing[@]})); then
     say "installing ${missing[*]}"
     if [ "$(id -u)" = 0 ]; then
@@ -81,6 +85,7 @@ export PIPEBENCH_TCP_MEM
 NS="pipebench-$$"
 if [ "$(id -u)" = 0 ] && ip netns add "$NS" 2>/dev/null; then
     trap 'ip netns del "$NS" 2>/dev/null || true' EXIT
+    # lo up gives the namespace all of 127.0.0.0/8 (the cluster's nodes use .2 to .4).
     ip netns exec "$NS" ip link set lo up
     say "measuring inside network namespace $NS"
     ip netns exec "$NS" "$BENCH" "${ARGS[@]}"

@@ -110,8 +110,8 @@ pub fn systems_for(workload: &str, pipe_bins: &[PipeBuild]) -> Vec<System> {
         ],
         // Two forwards on one client session: the tunnels that can hold them.
         "stall" => vec![("pipe", PIPE), ("rathole", RATHOLE)],
-        // No peer has an inspector.
-        "inspect" => vec![("pipe", PIPE)],
+        // No peer has an inspector, nor a cluster.
+        "inspect" | "cluster" => vec![("pipe", PIPE)],
         _ => vec![],
     };
     let mut out = Vec::new();
@@ -281,6 +281,7 @@ impl Harness {
             "mem" => self.mem(sys, &mut metrics, &mut notes),
             "stall" => self.stall(sys, &mut metrics, &mut notes),
             "inspect" => self.inspect(sys, round, &mut metrics),
+            "cluster" => self.cluster(sys, round, &mut metrics, &mut notes),
             other => Err(format!("unknown workload {other}")),
         };
         Sample {

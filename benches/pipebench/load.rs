@@ -7,7 +7,8 @@
 //!   number of workers, for a fixed time.
 //! - `rtt`: one connection, 1-byte ping-pong, reports p50/p99 in microseconds.
 //! - `hold`: opens N connections, proves each one with a 1-byte echo, keeps them idle,
-//!   and grows on `add N` lines from stdin until stdin closes.
+//!   and grows on `add N` lines from stdin until stdin closes; `check` echoes one byte
+//!   on every connection held (are they still alive after sitting idle?).
 //!
 //! Every loop is bounded in time; results are one JSON line on stdout. The bulk
 //! generators (`backend`, `bulk`, `stall`, `httpget`) are in `bulk`.
@@ -196,19 +197,30 @@ pub fn rtt(args: &[String]) {
     }
 }
 
+/// A line `hold` reads from stdin.
+enum HoldCmd {
+    Add(usize),
+    Check,
+}
+
 /// `hold --addr A`: reads `add N` lines; after each step prints
-/// `{"held": total, "failed": n, "error": last}`; exits when stdin closes.
+/// `{"held": total, "failed": n, "error": last}`. On `check`, prints
+/// `{"checked": n, "alive": k, "error": last}`. Exits when stdin closes.
 pub fn hold(args: &[String]) {
     let a = addr(args);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<HoldCmd>();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
             let Ok(line) = line else { break };
-            if let Some(n) = line
-                .strip_prefix("add ")
-                .and_then(|n| n.trim().parse().ok())
-            {
-                if tx.send(n).is_err() {
+            let cmd = match line.trim() {
+                "check" => Some(HoldCmd::Check),
+                l => l
+                    .strip_prefix("add ")
+                    .and_then(|n| n.trim().parse().ok())
+                    .map(HoldCmd::Add),
+            };
+            if let Some(cmd) = cmd {
+                if tx.send(cmd).is_err() {
                     break;
                 }
             }
@@ -216,18 +228,61 @@ pub fn hold(args: &[String]) {
     });
     rt().block_on(async move {
         let mut held: Vec<TcpStream> = Vec::new();
-        while let Some(n) = rx.recv().await {
-            let step = tokio::time::timeout(HOLD_STEP_DEADLINE, open_many(a, n, &mut held));
-            let (failed, last) = step
-                .await
-                .unwrap_or_else(|_| (usize::MAX, "step deadline passed".into()));
-            println!(
-                "{}",
-                serde_json::json!({"held": held.len(), "failed": failed, "error": last})
-            );
+        while let Some(cmd) = rx.recv().await {
+            let v = match cmd {
+                HoldCmd::Add(n) => {
+                    let step = tokio::time::timeout(HOLD_STEP_DEADLINE, open_many(a, n, &mut held));
+                    let (failed, last) = step
+                        .await
+                        .unwrap_or_else(|_| (usize::MAX, "step deadline passed".into()));
+                    serde_json::json!({"held": held.len(), "failed": failed, "error": last})
+                }
+                HoldCmd::Check => {
+                    let (alive, last) = check_all(&mut held).await;
+                    serde_json::json!({"checked": held.len(), "alive": alive, "error": last})
+                }
+            };
+            println!("{v}");
             let _ = std::io::stdout().flush();
         }
     })
+}
+
+/// One 1-byte echo on every held connection, all at once, each bounded by `OP_TIMEOUT`:
+/// how many answered, and the last error. The connections stay held either way.
+async fn check_all(held: &mut Vec<TcpStream>) -> (usize, String) {
+    let mut set = tokio::task::JoinSet::new();
+    for mut s in held.drain(..) {
+        set.spawn(async move {
+            let echo = async {
+                s.write_all(&[2]).await.map_err(|e| format!("write: {e}"))?;
+                let mut b = [0u8; 1];
+                match s.read(&mut b).await {
+                    Ok(1) => Ok(()),
+                    Ok(_) => Err("closed".to_string()),
+                    Err(e) => Err(format!("read: {e}")),
+                }
+            };
+            let r = tokio::time::timeout(OP_TIMEOUT, echo)
+                .await
+                .unwrap_or_else(|_| Err("no echo in time".into()));
+            (s, r)
+        });
+    }
+    let (mut alive, mut last) = (0, String::new());
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((s, r)) => {
+                match r {
+                    Ok(()) => alive += 1,
+                    Err(e) => last = e,
+                }
+                held.push(s);
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    (alive, last)
 }
 
 async fn open_many(a: SocketAddr, n: usize, held: &mut Vec<TcpStream>) -> (usize, String) {

@@ -100,6 +100,11 @@ impl Machine {
                     .unwrap_or_default()
                 }),
                 ("bore".into(), cmd(&bin("bore"), &["--version"])),
+                ("redis-server".into(), {
+                    // `Redis server v=7.0.15 sha=… malloc=… bits=64 build=…`: the version.
+                    let v = cmd("redis-server", &["--version"]);
+                    v.split(" sha=").next().unwrap_or_default().to_string()
+                }),
             ]
             .into_iter()
             .filter(|(_, v)| !v.is_empty())

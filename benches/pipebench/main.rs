@@ -1,13 +1,15 @@
 //! `pipebench`: the benchmark harness of issue 5 (relay vs socat; pipe tunnel vs rathole
-//! vs bore; UDP; TLS), with issue 15's memory and stalled-visitor rows and issue 16's
-//! inspector row. Run it through `bash benches/run.sh`, which installs the peers,
-//! builds, enters a network namespace of its own and calls `pipebench run`.
+//! vs bore; UDP; TLS), with issue 15's memory and stalled-visitor rows, issue 16's
+//! inspector row and the cluster's peer-link rows. Run it through `bash benches/run.sh`,
+//! which installs the peers, builds, enters a network namespace of its own and calls
+//! `pipebench run`.
 //!
 //! The same binary is the load generator: the orchestrator starts `pipebench echo`,
 //! `connrate`, `rtt`, `hold`, `backend`, `bulk`, `stall` and `httpget` as separate
 //! processes so that their sockets and CPU never count against the system measured.
 
 mod bulk;
+mod cluster;
 mod harness;
 mod load;
 mod machine;
@@ -15,6 +17,7 @@ mod monitor;
 mod peers;
 mod procs;
 mod report;
+mod report_cluster;
 mod report_stress;
 mod stats;
 mod stress;
@@ -87,7 +90,7 @@ fn run(args: &[String]) {
         udp_rate: arg(args, "--udp-rate").unwrap_or_else(|| "500M".into()),
         udp_len: parse(args, "--udp-len", 1400),
         workloads: list(args, "--workloads").unwrap_or_else(|| {
-            ["tcp", "udp", "echo", "mem", "stall", "inspect"]
+            ["tcp", "udp", "echo", "mem", "stall", "inspect", "cluster"]
                 .map(String::from)
                 .to_vec()
         }),
@@ -162,6 +165,8 @@ fn run(args: &[String]) {
     let md = report::markdown(&data, tuning.as_deref());
     match &out_md {
         Some(p) => {
+            let existing = std::fs::read_to_string(p).ok();
+            let md = report_cluster::merge(&data, md, existing.as_deref());
             write_or_warn(p, &md);
             eprintln!("wrote {}", p.display());
         }
@@ -170,7 +175,8 @@ fn run(args: &[String]) {
 }
 
 /// `pipebench report --json FILE --out-md FILE`: rebuilds the markdown from a saved run
-/// (after editing benches/TUNING.md, for example) without measuring again.
+/// (after editing benches/TUNING.md, for example) without measuring again. A saved run
+/// of the cluster workload alone rewrites only the cluster section.
 fn rereport(args: &[String]) {
     let json = arg(args, "--json").expect("--json FILE");
     let text = std::fs::read_to_string(&json).expect("read the saved run");
@@ -179,7 +185,11 @@ fn rereport(args: &[String]) {
     let tuning = std::fs::read_to_string(root.join("benches/TUNING.md")).ok();
     let md = report::markdown(&data, tuning.as_deref());
     match arg(args, "--out-md") {
-        Some(p) => write_or_warn(Path::new(&p), &md),
+        Some(p) => {
+            let existing = std::fs::read_to_string(&p).ok();
+            let md = report_cluster::merge(&data, md, existing.as_deref());
+            write_or_warn(Path::new(&p), &md)
+        }
         None => println!("{md}"),
     }
 }

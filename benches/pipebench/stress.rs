@@ -59,13 +59,19 @@ impl Harness {
 
     /// A bulk upload of `streams` streams through `port` to the backend's sink, Gbit/s.
     fn bulk(&self, port: u16, streams: usize) -> Result<f64, String> {
+        self.bulk_to(&format!("127.0.0.1:{port}"), streams)
+    }
+
+    /// The same through `addr` (`IP:PORT`): the cluster's nodes listen on other loopback
+    /// addresses than 127.0.0.1.
+    pub(crate) fn bulk_to(&self, addr: &str, streams: usize) -> Result<f64, String> {
         let secs = self.opts.iperf_secs;
         let p = self.load(
             "bulk",
             &[
                 "bulk".into(),
                 "--addr".into(),
-                format!("127.0.0.1:{port}"),
+                addr.to_string(),
                 "--streams".into(),
                 streams.to_string(),
                 "--secs".into(),

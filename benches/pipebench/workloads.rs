@@ -161,74 +161,67 @@ impl Harness {
             }
             metric(m, "conn_per_s", v["per_sec"].as_f64().unwrap_or(0.0));
             run.drain();
-            let p = self.load(
-                "rtt",
-                &[
-                    "rtt".into(),
-                    "--addr".into(),
-                    addr.clone(),
-                    "--secs".into(),
-                    self.opts.rtt_secs.to_string(),
-                ],
-                false,
-            )?;
-            let v = last_json(p.wait_done(Duration::from_secs_f64(self.opts.rtt_secs) + SLACK))?;
-            if let Some(e) = v["error"].as_str() {
-                return Err(format!("rtt: {e}"));
-            }
-            metric(m, "rtt_p50_us", v["p50_us"].as_f64().unwrap_or(f64::NAN));
-            metric(m, "rtt_p99_us", v["p99_us"].as_f64().unwrap_or(f64::NAN));
-            // The same on one core: with every process of the path pinned to CPU 0 there
-            // are no cross-core wake-ups, so the figure is the software's own cost and
-            // stable from run to run (unpinned, where the scheduler puts the 5 processes
-            // moves p50 between two modes on a 2-core VM).
-            let all = self.cpus();
+            let (p50, p99) = self.rtt_at(&addr, None).map_err(|e| format!("rtt: {e}"))?;
+            metric(m, "rtt_p50_us", p50);
+            metric(m, "rtt_p99_us", p99);
             let mut pgids = run.pgids();
             if let Some((p, _)) = &self.echo {
                 pgids.push(p.pid());
             }
-            for g in &pgids {
-                pin_group(*g, "0");
-            }
-            let p = Proc::spawn(
-                "rtt pinned",
-                Command::new("taskset")
-                    .arg("-c")
-                    .arg("0")
-                    .arg(&self.me)
-                    .args([
-                        "rtt".to_string(),
-                        "--addr".into(),
-                        addr.clone(),
-                        "--secs".into(),
-                        self.opts.rtt_secs.to_string(),
-                    ]),
-                false,
-            );
-            let v = p.and_then(|p| {
-                last_json(p.wait_done(Duration::from_secs_f64(self.opts.rtt_secs) + SLACK))
-            });
-            for g in &pgids {
-                pin_group(*g, &all);
-            }
-            let v = v?;
-            if let Some(e) = v["error"].as_str() {
-                return Err(format!("rtt on one core: {e}"));
-            }
-            metric(
-                m,
-                "rtt1cpu_p50_us",
-                v["p50_us"].as_f64().unwrap_or(f64::NAN),
-            );
-            metric(
-                m,
-                "rtt1cpu_p99_us",
-                v["p99_us"].as_f64().unwrap_or(f64::NAN),
-            );
+            let (p50, p99) = self
+                .rtt_at(&addr, Some(&pgids))
+                .map_err(|e| format!("rtt on one core: {e}"))?;
+            metric(m, "rtt1cpu_p50_us", p50);
+            metric(m, "rtt1cpu_p99_us", p99);
             run.check_alive()
         })();
         run.stop();
         result
+    }
+
+    /// One `rtt` load process against `addr`: (p50, p99) µs. With `pin`, every process
+    /// group of the path (`pin`) and the load itself run on CPU 0 only, and get every CPU
+    /// back after: with no cross-core wake-ups the figure is the software's own cost and
+    /// stable from run to run (unpinned, where the scheduler puts the processes moves p50
+    /// between two modes on a 2-core VM).
+    pub(crate) fn rtt_at(&self, addr: &str, pin: Option<&[u32]>) -> Result<(f64, f64), String> {
+        let args = [
+            "rtt".to_string(),
+            "--addr".into(),
+            addr.to_string(),
+            "--secs".into(),
+            self.opts.rtt_secs.to_string(),
+        ];
+        let p = match pin {
+            None => self.load("rtt", &args, false),
+            Some(groups) => {
+                for g in groups {
+                    pin_group(*g, "0");
+                }
+                Proc::spawn(
+                    "rtt pinned",
+                    Command::new("taskset")
+                        .arg("-c")
+                        .arg("0")
+                        .arg(&self.me)
+                        .args(&args),
+                    false,
+                )
+            }
+        };
+        let v = p.and_then(|p| {
+            last_json(p.wait_done(Duration::from_secs_f64(self.opts.rtt_secs) + SLACK))
+        });
+        let all = self.cpus();
+        for g in pin.unwrap_or_default() {
+            pin_group(*g, &all);
+        }
+        let v = v?;
+        if let Some(e) = v["error"].as_str() {
+            return Err(e.to_string());
+        }
+        let p = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        Ok((p("p50_us"), p("p99_us")))
     }
 
     pub(crate) fn mem(
