@@ -10,6 +10,7 @@ use common::*;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
 
 const MIB: usize = 1024 * 1024;
 
@@ -528,4 +529,148 @@ async fn a_dead_node_s_claims_stop_blocking_after_their_lease() {
             .unwrap();
         assert_eq!(&back, b"free again", "via {}", n.name);
     }
+}
+
+/// Waits (bounded) until the node's log holds `what`.
+async fn wait_logged(node: &Node, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    while !node.piped.proc.stderr().contains(what) {
+        assert!(
+            Instant::now() < deadline,
+            "node {} never logged {what:?}:\n{}",
+            node.name,
+            node.piped.proc.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What a visitor through `ip:port` gets back for one request: the body, or nothing
+/// when the node could not carry it (reset or closed).
+async fn try_download(ip: IpAddr, port: u16) -> Option<Vec<u8>> {
+    let mut s = connect_when_ready(ip, port, WAIT).await;
+    tokio::io::AsyncWriteExt::write_all(&mut s, b"GET / HTTP/1.0\r\n\r\n")
+        .await
+        .ok()?;
+    let mut all = Vec::new();
+    match tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read_to_end(&mut s, &mut all)).await {
+        Ok(Ok(_)) if !all.is_empty() => {
+            let at = all.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+            Some(all.split_off(at))
+        }
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peer_links_run_over_tls_and_accept_exactly_the_cluster_s_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::certs::make(dir.path(), "cluster", &["localhost"]);
+    let stranger = common::certs::make(dir.path(), "stranger", &["localhost"]);
+    let redis = Redis::start();
+    let tls = |p: &common::certs::Pki| {
+        vec![
+            s("--tls-cert"),
+            p.cert.display().to_string(),
+            s("--tls-key"),
+            p.key.display().to_string(),
+        ]
+    };
+    let start = |name: &str, host: u8, p: &common::certs::Pki| {
+        let args = tls(p);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Node::start(&redis.url(), name, node_ip(16, host), &args)
+    };
+    let nodes = [
+        start("a", 2, &pki),
+        start("b", 3, &pki),
+        start("c", 4, &stranger),
+    ];
+    let body = Arc::new(random_bytes(2 * MIB, 5));
+    let files = file_server(body.clone()).await;
+    let ca = pki.ca.display().to_string();
+    let fwd = format!("tcp:127.0.0.1:{files}:0");
+    let mut c = Pipec::spawn(
+        nodes[0].addr(),
+        &[
+            "--token",
+            TOKEN,
+            "--tls",
+            "--tls-ca",
+            &ca,
+            "--tls-server-name",
+            "localhost",
+            "--forward",
+            &fwd,
+        ],
+    );
+    let port = c.wait_forwarding();
+    for n in &nodes[..2] {
+        let got = download(n.ip, port).await;
+        assert_eq!(sha256(&got), sha256(&body), "via {}", n.name);
+    }
+    // A node with another certificate cannot join the links: its visitors get nothing.
+    assert_eq!(try_download(nodes[2].ip, port).await, None);
+    // Plain bytes on a TLS node's peer port are refused, and the node carries on.
+    let mut raw = TcpStream::connect(nodes[0].peer).await.unwrap();
+    let _ = tokio::io::AsyncWriteExt::write_all(&mut raw, b"PIPE\0\0\0hello, not TLS\r\n").await;
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(
+        WAIT,
+        tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut sink),
+    )
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the peer listener kept a plaintext connection open"
+    );
+    assert_eq!(sha256(&download(nodes[1].ip, port).await), sha256(&body));
+    wait_logged(&nodes[2], "no peer link").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_without_the_cluster_token_gets_no_link_and_garbage_on_a_peer_port_is_harmless() {
+    let redis = Redis::start();
+    let mut nodes = three_nodes(&redis, 17);
+    let body = Arc::new(random_bytes(MIB, 6));
+    let files = file_server(body.clone()).await;
+    let mut c = client(&nodes[0], &[format!("tcp:127.0.0.1:{files}:0")]);
+    let port = c.wait_forwarding();
+    // Node d shares the directory but not the token.
+    let intruder = Node::start(
+        &redis.url(),
+        "d",
+        node_ip(17, 5),
+        &["--token", "not-the-cluster-token-0123456789"],
+    );
+    assert_eq!(try_download(intruder.ip, port).await, None);
+    // Garbage on the holder's peer port: closed, nothing else disturbed.
+    for junk in [&b""[..], b"\x00\x00\x00\x10garbage", &[0xffu8; 70_000][..]] {
+        let mut raw = TcpStream::connect(nodes[0].peer).await.unwrap();
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut raw, junk).await;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut raw).await;
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(
+            WAIT,
+            tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut sink),
+        )
+        .await;
+    }
+    for n in &nodes {
+        assert_eq!(
+            sha256(&download(n.ip, port).await),
+            sha256(&body),
+            "via {}",
+            n.name
+        );
+    }
+    let err = nodes[0].piped.proc.stderr();
+    assert!(err.contains("peer link refused"), "{err}");
+    let d_err = intruder.piped.proc.stderr();
+    assert!(
+        d_err.contains("the cluster token does not match")
+            || d_err.contains("does not know the cluster token"),
+        "{d_err}"
+    );
+    nodes[0].kill();
 }

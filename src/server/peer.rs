@@ -95,7 +95,13 @@ pub struct Links {
     live: Mutex<HashMap<String, Link>>,
     /// One dial per node at a time; others wait for its outcome.
     dialling: tokio::sync::Mutex<()>,
+    /// When a failed dial to each node was last logged (one line per node per
+    /// [`WARN_EVERY`], not one per visitor).
+    warned: Mutex<HashMap<String, tokio::time::Instant>>,
 }
+
+/// How often a link that keeps failing is logged.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 struct Link {
@@ -112,6 +118,7 @@ impl Links {
             tls,
             live: Mutex::default(),
             dialling: tokio::sync::Mutex::new(()),
+            warned: Mutex::default(),
         }
     }
 
@@ -141,7 +148,9 @@ impl Links {
                         .await
                         .map_err(|_| {
                             format!("peer {node} at {addr}: no link within {LINK_TIMEOUT:?}")
-                        })??;
+                        })
+                        .and_then(|r| r)
+                        .inspect_err(|e| self.warn_once(node, e))?;
                     let mux = link.mux.clone();
                     self.lock().insert(node.to_string(), link);
                     mux
@@ -151,6 +160,18 @@ impl Links {
         mux.open()
             .await
             .map_err(|e| format!("peer {node} at {addr}: {e}"))
+    }
+
+    fn warn_once(&self, node: &str, e: &str) {
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        let now = tokio::time::Instant::now();
+        if warned
+            .get(node)
+            .is_none_or(|t| now.duration_since(*t) >= WARN_EVERY)
+        {
+            warned.insert(node.to_string(), now);
+            warn!(error = %e, "no peer link; visitors for its tunnels are refused here");
+        }
     }
 
     async fn dial(&self, node: &str, addr: &str) -> Result<Link, String> {

@@ -47,9 +47,10 @@ impl Node {
             name.to_string(),
             s("--peer-listen"),
             format!("{ip}:{}", ports.1),
-            s("--token"),
-            s(TOKEN),
         ];
+        if !extra.contains(&"--token") {
+            args.extend([s("--token"), s(TOKEN)]);
+        }
         args.extend(extra.iter().map(|a| a.to_string()));
         let mut proc = Proc::spawn(piped_bin(), &args);
         let line = proc.wait_line("listening on ", WAIT);
