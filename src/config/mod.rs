@@ -255,6 +255,12 @@ fn cluster_config(
         )
         .into());
     }
+    // On fly.io every machine has a stable id of its own: the natural node name.
+    let node = node.or_else(|| {
+        std::env::var("FLY_MACHINE_ID")
+            .ok()
+            .filter(|n| !n.is_empty())
+    });
     let node = node.ok_or_else(|| {
         ConfigError("--cluster needs --node NAME (this node's name in the cluster)".into())
     })?;
