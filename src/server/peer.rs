@@ -290,6 +290,7 @@ async fn listener_handshake(
     ctl: MuxStream,
     me: &str,
     token: &Token,
+    proved: &AtomicBool,
 ) -> Result<(String, MessageStream<MuxStream>), String> {
     let mut ctl = MessageStream::new(ctl, MAX_PEER_FRAME);
     let (node, their_nonce) = match ctl.recv::<PeerMsg>().await.map_err(|e| e.to_string())? {
@@ -323,6 +324,9 @@ async fn listener_handshake(
         PeerMsg::Proof { tag }
             if peer_tag_matches(token, ROLE_DIAL, &their_nonce, &nonce, &node, &tag) =>
         {
+            // Open to streams before the dialler hears it is welcome: it may open its
+            // first one the moment it does.
+            proved.store(true, Ordering::Release);
             ctl.send(&PeerMsg::Welcome)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -421,7 +425,7 @@ where
         let ctl = first_rx
             .await
             .map_err(|_| "closed before the hello".to_string())?;
-        listener_handshake(ctl, me, token).await
+        listener_handshake(ctl, me, token, &proved).await
     };
     let (node, ctl) = match timeout(LINK_TIMEOUT, shake).await {
         Ok(Ok(v)) => v,
@@ -434,7 +438,6 @@ where
             return Err("no handshake within the link timeout".into());
         }
     };
-    proved.store(true, Ordering::Release);
     drop(permit);
     info!(peer = %node, "peer link accepted");
     let _ctl = ctl;
