@@ -19,7 +19,10 @@
 #
 # Ports: 8910/tcp the control port (pipec connects here), 8911/tcp the admin
 # (dashboard, API, /metrics, /healthz), 20000-20099 tcp+udp the public tunnel ports
-# clients may claim (--ports; publish the same range with -p).
+# clients may claim (--ports; publish the same range with -p), 8920/tcp the peer links
+# of a cluster (--cluster with --peer-listen 8920, e.g. PIPE_CLUSTER and
+# PIPE_PEER_LISTEN in the environment; see configs/docker-compose.cluster.yml): publish
+# it only to the other nodes, never to the internet.
 
 # --- build -----------------------------------------------------------------------
 FROM rust:1.95-slim-bookworm AS build
@@ -49,7 +52,7 @@ RUN install -d -m 0700 -o pipe -g pipe /var/lib/pipe
 ENV STATE_DIRECTORY=/var/lib/pipe
 VOLUME /var/lib/pipe
 USER pipe:pipe
-EXPOSE 8910/tcp 8911/tcp 20000-20099/tcp 20000-20099/udp
+EXPOSE 8910/tcp 8911/tcp 8920/tcp 20000-20099/tcp 20000-20099/udp
 # /healthz answers 200 "ok" without the admin token; a hung or dead piped is marked
 # unhealthy within about a minute.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=2 \

@@ -16,9 +16,11 @@ use std::path::Path;
 // --- configs/ -------------------------------------------------------------------------
 
 /// The files `configs/` must hold; each one and every other file there gets a check.
-const EXPECTED_CONFIGS: [&str; 7] = [
+const EXPECTED_CONFIGS: [&str; 9] = [
     "Caddyfile.on-demand",
     "Caddyfile.wildcard",
+    "docker-compose.cluster.yml",
+    "piped-cluster.conf",
     "piped.service",
     "piped.toml",
     "pipec.service",
@@ -38,6 +40,8 @@ fn every_file_in_configs_is_checked() {
             "users.toml" => check_users_toml(&path),
             "piped.service" => units::check_unit(&path, "piped"),
             "pipec.service" => units::check_unit(&path, "pipec"),
+            "docker-compose.cluster.yml" => check_cluster_compose(&path),
+            "piped-cluster.conf" => units::check_cluster_dropin(&path),
             n if n.starts_with("Caddyfile.") => caddy::check_caddyfile(&path),
             _ => panic!("configs/{name} has no check in tests/packaging.rs: add one"),
         }
@@ -393,4 +397,209 @@ fn the_example_configs_start_unchanged_from_the_repository_root() {
             .any(|l| l.contains("ERROR") || l.contains("error:")),
         "{seen:#?}"
     );
+}
+
+// --- configs/docker-compose.cluster.yml ---------------------------------------------------
+
+/// One service of a compose file: its name and its lines (indented under it).
+struct ComposeService {
+    name: String,
+    lines: Vec<String>,
+}
+
+impl ComposeService {
+    /// The value of `key:` directly under the service (4 spaces in).
+    fn get(&self, key: &str) -> Option<&str> {
+        let prefix = format!("    {key}:");
+        self.lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(str::trim)
+    }
+
+    /// The list items (`- x`) under `key:`.
+    fn list(&self, key: &str) -> Vec<String> {
+        let head = format!("    {key}:");
+        self.lines
+            .iter()
+            .skip_while(|l| l.trim_end() != head)
+            .skip(1)
+            .take_while(|l| l.starts_with("      "))
+            .filter_map(|l| l.trim().strip_prefix("- "))
+            .map(|v| v.trim_matches('"').to_string())
+            .collect()
+    }
+}
+
+/// The services of a compose file. No YAML parser is among the dependencies, so the
+/// example keeps to a plain subset: two-space indents, flow-style (JSON) command arrays.
+fn compose_services(text: &str) -> Vec<ComposeService> {
+    let mut out: Vec<ComposeService> = Vec::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        if !line.starts_with(' ') {
+            inside = line.trim_end() == "services:";
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        match line.strip_prefix("  ") {
+            Some(rest) if !rest.starts_with(' ') => out.push(ComposeService {
+                name: rest.trim_end().trim_end_matches(':').to_string(),
+                lines: Vec::new(),
+            }),
+            _ => out
+                .last_mut()
+                .expect("a service before its keys")
+                .lines
+                .push(line.to_string()),
+        }
+    }
+    out
+}
+
+/// Host and port of `HOST:PORT`.
+fn host_port(addr: &str) -> (&str, u16) {
+    let (h, p) = addr.rsplit_once(':').unwrap_or(("0.0.0.0", addr));
+    (h, p.parse().unwrap_or_else(|_| panic!("port in {addr:?}")))
+}
+
+/// The container port range of a published `[HOST:]HOSTPORTS:CONTAINERPORTS[/proto]`.
+fn published_container_ports(spec: &str) -> (String, String) {
+    let (ports, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
+    let container = ports.rsplit(':').next().unwrap().to_string();
+    (container, proto.to_string())
+}
+
+fn check_cluster_compose(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let services = compose_services(&text);
+    let redis = services
+        .iter()
+        .find(|s| {
+            s.get("image")
+                .is_some_and(|i| i.starts_with("redis") || i.starts_with("valkey"))
+        })
+        .expect("a redis service");
+    let nodes: Vec<&ComposeService> = services.iter().filter(|s| s.name != redis.name).collect();
+    assert!(nodes.len() >= 2, "two or more piped services");
+    assert!(
+        redis.list("ports").is_empty(),
+        "Redis stays on the compose network"
+    );
+    // No secret in the file: the token comes from an env file.
+    for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        assert!(
+            !line.to_ascii_uppercase().contains("TOKEN"),
+            "no token in the compose file: {line}"
+        );
+    }
+    let mut names = BTreeSet::new();
+    let mut control_hosts = BTreeSet::new();
+    for s in &nodes {
+        let n = &s.name;
+        // Built from this repository's Dockerfile.
+        let context = s
+            .lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("context:"))
+            .unwrap_or_else(|| panic!("{n}: build.context"))
+            .trim();
+        let dockerfile = s
+            .lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("dockerfile:"))
+            .unwrap_or_else(|| panic!("{n}: build.dockerfile"))
+            .trim();
+        let built = path.parent().unwrap().join(context).join(dockerfile);
+        assert_eq!(
+            built.canonicalize().ok(),
+            root().join("Dockerfile").canonicalize().ok(),
+            "{n}: builds this repository's Dockerfile"
+        );
+        assert!(
+            s.get("env_file").is_some(),
+            "{n}: PIPE_TOKEN from an env file"
+        );
+        // Its command parses with the real flags and makes it a node of the cluster.
+        let cmd: Vec<String> = serde_json::from_str(s.get("command").expect("command"))
+            .unwrap_or_else(|e| panic!("{n}: command as a JSON array: {e}"));
+        assert!(
+            !cmd.iter().any(|a| a == "--token" || a == "--admin-token"),
+            "{n}: no token on the command line"
+        );
+        let mut args = PipedArgs::try_parse_from(std::iter::once("piped".to_string()).chain(cmd))
+            .unwrap_or_else(|e| panic!("{n}: {e}"));
+        args.token = Some(TOKEN.into()); // as PIPE_TOKEN from the env file
+        args.admin_token = Some("admin".into());
+        let cfg = ServerConfig::from_args(args).unwrap_or_else(|e| panic!("{n}: {e}"));
+        let cluster = cfg
+            .cluster
+            .as_ref()
+            .unwrap_or_else(|| panic!("{n}: --cluster"));
+        let url_host = cluster
+            .url
+            .strip_prefix("redis://")
+            .and_then(|r| r.split([':', '/']).next())
+            .unwrap_or_else(|| panic!("{n}: redis:// URL"));
+        assert_eq!(
+            url_host, redis.name,
+            "{n}: the cluster URL names the redis service"
+        );
+        assert!(
+            names.insert(cluster.node.clone()),
+            "{n}: node name {} used twice",
+            cluster.node
+        );
+        // The other nodes reach it by its service name on the compose network.
+        let (_, listen_port) = host_port(&cluster.peer_listen);
+        let advertised = cluster
+            .peer_advertise
+            .as_deref()
+            .unwrap_or(&cluster.peer_listen);
+        let (adv_host, adv_port) = host_port(advertised);
+        assert_eq!(adv_host, *n, "{n}: peers dial it by its service name");
+        assert_eq!(adv_port, listen_port, "{n}: advertised vs bound peer port");
+        // Published: the control port and the whole tunnel range (tcp and udp), each
+        // node on an address of its own; never the peer port.
+        let ports = s.list("ports");
+        let control = ports
+            .iter()
+            .find(|p| p.ends_with(":8910"))
+            .unwrap_or_else(|| panic!("{n}: publishes 8910"));
+        assert!(
+            control_hosts.insert(control.rsplitn(3, ':').nth(2).unwrap_or("").to_string()),
+            "{n}: each node on its own host address"
+        );
+        let (first, last) = (
+            cfg.ports.nth(0).unwrap(),
+            cfg.ports.nth(cfg.ports.len() - 1).unwrap(),
+        );
+        assert_eq!(
+            cfg.ports.len(),
+            usize::from(last - first) + 1,
+            "{n}: one range"
+        );
+        let range = format!("{first}-{last}");
+        for proto in ["tcp", "udp"] {
+            assert!(
+                ports
+                    .iter()
+                    .map(|p| published_container_ports(p))
+                    .any(|(c, pr)| c == range && pr == proto),
+                "{n}: publishes {range}/{proto} like its --ports"
+            );
+        }
+        assert!(
+            ports
+                .iter()
+                .all(|p| !p.starts_with(&format!("{listen_port}:"))
+                    && !p.ends_with(&format!(":{listen_port}"))),
+            "{n}: the peer port stays on the compose network"
+        );
+    }
 }

@@ -167,3 +167,79 @@ fn systemd_verify(text: &str, bin: &str) {
         "{bin}.service exposure {score} (want <= 2.0):\n{report}"
     );
 }
+
+/// configs/piped-cluster.conf: a drop-in for piped.service that makes the host a
+/// cluster node. Only environment (the unit's ExecStart and hardening stay as they
+/// are), no secret in it, and settings a node accepts. With systemd-analyze, the unit
+/// with the drop-in in place verifies.
+pub(crate) fn check_cluster_dropin(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let entries = unit_entries(&text);
+    assert!(
+        entries
+            .iter()
+            .all(|(s, k, _)| (s == "Service" && k == "Environment")
+                || (s == "Unit" && (k == "After" || k == "Wants"))),
+        "the drop-in only sets the environment: {entries:?}"
+    );
+    let env: Vec<(String, String)> = entries
+        .iter()
+        .filter(|(_, k, _)| k == "Environment")
+        .map(|(_, _, v)| {
+            let (k, v) = v.split_once('=').expect("Environment=KEY=VALUE");
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    for (k, _) in &env {
+        assert!(
+            !k.contains("TOKEN") && k != "PIPE_CLUSTER",
+            "{k}: secrets belong in /etc/pipe/piped.env"
+        );
+    }
+    let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let node = get("PIPE_NODE").expect("PIPE_NODE");
+    let peer = get("PIPE_PEER_LISTEN").expect("PIPE_PEER_LISTEN");
+    assert!(
+        text.contains("PIPE_CLUSTER=redis://"),
+        "say where PIPE_CLUSTER goes"
+    );
+    // The node piped would be: %H is the host's name.
+    let node = node.replace("%H", "node1.example.com");
+    let mut args = PipedArgs::try_parse_from([
+        "piped",
+        "--config",
+        root().join("configs/piped.toml").to_str().unwrap(),
+        "--cluster",
+        "redis://10.0.0.100:6379/0",
+        "--node",
+        &node,
+        "--peer-listen",
+        peer,
+    ])
+    .unwrap();
+    args.token = Some("cluster-token".into());
+    let cfg = pipe::config::ServerConfig::from_args(args).unwrap_or_else(|e| panic!("{e}"));
+    let cluster = cfg.cluster.expect("a cluster node");
+    assert_eq!(cluster.node, node);
+    assert_eq!(cluster.peer_listen, peer);
+
+    let Some(analyze) = tool("/usr/bin/systemd-analyze") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(root().join("configs/piped.service"))
+        .unwrap()
+        .replace("/usr/local/bin/piped", piped_bin());
+    let unit = write_temp(dir.path(), "piped.service", &unit);
+    std::fs::create_dir(dir.path().join("piped.service.d")).unwrap();
+    std::fs::copy(path, dir.path().join("piped.service.d/cluster.conf")).unwrap();
+    let out = run(Command::new(analyze)
+        .args(["verify", "--man=no"])
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.path().display()))
+        .arg(&unit));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify piped.service with the cluster drop-in:\n{stderr}"
+    );
+}
