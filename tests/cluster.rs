@@ -674,3 +674,90 @@ async fn a_node_without_the_cluster_token_gets_no_link_and_garbage_on_a_peer_por
     );
     nodes[0].kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_login_copied_during_a_redis_outage_still_cannot_claim_once_it_is_back() {
+    use common::login::{client_messages, login_from, Attempt};
+    use pipe::protocol::{ClientMsg, ForwardRequest, Proto, ServerMsg};
+    let redis = Redis::start();
+    let nodes = three_nodes(&redis, 18);
+    let echo = echo_service().await;
+    let proxy = common::proxy::Proxy::start_to(nodes[0].addr()).await;
+    let via: std::net::SocketAddr = ([127, 0, 0, 1], proxy.port).into();
+    let fwd = format!("tcp:127.0.0.1:{}:0", echo.port);
+    let mut victim = Pipec::spawn(via, &["--token", TOKEN, "--forward", &fwd]);
+    let port = victim.wait_forwarding();
+    let Some(ClientMsg::Login {
+        client_id, proof, ..
+    }) = client_messages(&proxy.upstream_bytes()).first().cloned()
+    else {
+        panic!("no login on the wire");
+    };
+    // With Redis frozen, node b cannot check the copied proof against the record and
+    // lets the login in...
+    redis.pause();
+    let a = Attempt {
+        user: None,
+        token: TOKEN,
+        client_id,
+        proof,
+    };
+    let o = login_from([127, 0, 42, 8], nodes[1].addr(), &a).await;
+    redis.resume();
+    o.result.expect("let in while the directory was away");
+    let (mut ctl, _stop) = o.session.expect("a live control stream");
+    // ...but once Redis is back its claim of the victim's port is refused.
+    let req = ForwardRequest {
+        id: 1,
+        proto: Proto::Tcp,
+        remote_port: port,
+        subdomain: None,
+        speed_limit: None,
+        local: "x:1".into(),
+        options: Default::default(),
+    };
+    ctl.send(&ClientMsg::Forward(req)).await.unwrap();
+    let answer = loop {
+        match tokio::time::timeout(WAIT, ctl.recv::<ServerMsg>()).await {
+            Ok(Ok(ServerMsg::Heartbeat)) => continue,
+            Ok(Ok(m)) => break m,
+            other => panic!("no answer: {other:?}"),
+        }
+    };
+    match answer {
+        ServerMsg::ForwardRefused { reason, .. } => {
+            assert!(reason.contains("later proof"), "{reason}")
+        }
+        other => panic!("the copied login claimed the port: {other:?}"),
+    }
+    for n in &nodes {
+        let mut s = connect_when_ready(n.ip, port, WAIT).await;
+        tokio::io::AsyncWriteExt::write_all(&mut s, b"victim")
+            .await
+            .unwrap();
+        let mut back = [0u8; 6];
+        tokio::io::AsyncReadExt::read_exact(&mut s, &mut back)
+            .await
+            .unwrap();
+        assert_eq!(&back, b"victim", "via {}", n.name);
+    }
+    assert!(victim
+        .proc
+        .drain_lines(Duration::from_millis(100))
+        .is_empty());
+}
+
+#[test]
+fn cluster_settings_from_the_environment_are_unused_without_a_cluster() {
+    // One image for every machine: PIPE_PEER_LISTEN in its environment, and a lone
+    // piped without PIPE_CLUSTER still starts (as a flag it would be a mistake).
+    let args = [s("--listen"), s("127.0.0.1:0")];
+    let env = [("PIPE_PEER_LISTEN", "127.0.0.1:0"), ("PIPE_NODE", "solo")];
+    let mut p = Proc::spawn_env(piped_bin(), &args, &env);
+    let line = p.wait_line("listening on ", WAIT);
+    assert!(line.starts_with("listening on 127.0.0.1:"), "{line}");
+    assert!(
+        p.drain_lines(Duration::from_millis(200)).is_empty(),
+        "no peer line"
+    );
+}

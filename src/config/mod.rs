@@ -241,7 +241,16 @@ fn cluster_config(
     has_token: bool,
 ) -> Result<Option<ClusterConfig>, ConfigError> {
     let Some(url) = url.filter(|u| !u.is_empty()) else {
-        if node.is_some() || peer_listen.is_some() || peer_advertise.is_some() {
+        // Given as a flag or key, they are a mistake without a cluster; from the
+        // environment (one image for every machine, with or without a cluster) they
+        // are simply not used.
+        let from_env = |v: &Option<String>, var: &str| {
+            v.is_none() || std::env::var(var).ok().as_ref() == v.as_ref()
+        };
+        if !(from_env(&node, "PIPE_NODE")
+            && from_env(&peer_listen, "PIPE_PEER_LISTEN")
+            && from_env(&peer_advertise, "PIPE_PEER_ADVERTISE"))
+        {
             return Err("node, peer-listen and peer-advertise need --cluster"
                 .to_string()
                 .into());

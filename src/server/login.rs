@@ -80,38 +80,31 @@ fn unhex(s: &str) -> Option<[u8; PROOF_LEN]> {
 
 /// Cluster: the proof must also come before the last one any node accepted from this
 /// client (so a link seen on the wire cannot log in on another node), and becomes the
-/// record. A directory that cannot be reached leaves the check to this node alone;
-/// such a session can take no claim until it is back.
-async fn proven_in_cluster(
+/// record. `Err` while the directory cannot be reached: the session is let in, but
+/// takes no claim until this check has passed ([`SessionInfo::unproven_in_cluster`]).
+pub(super) async fn proven_in_cluster(
     c: &super::cluster::Cluster,
     owner: &Owner,
     proof_link: &[u8; PROOF_LEN],
-) -> bool {
+) -> Result<bool, ()> {
     let client = super::cluster::owner_key(owner);
-    let last = match c.dir.last_proof(&client).await {
-        Ok(l) => l,
-        Err(e) => {
-            warn!(error = %e, "cannot read the client's last proof from the cluster directory; checked on this node only");
-            return true;
-        }
-    };
+    let last = c.dir.last_proof(&client).await.map_err(|e| {
+        warn!(error = %e, "cannot read the client's last proof from the cluster directory; checked before its first claim");
+    })?;
     if let Some(accepted) = last.as_deref().and_then(unhex) {
         if !proof::follows(proof_link, &accepted) {
-            return false;
+            return Ok(false);
         }
     }
-    match c
-        .dir
+    c.dir
         .advance_proof(&client, last.as_deref(), &hex(proof_link), PROOF_MEMORY)
         .await
-    {
-        Ok(moved) => moved,
-        Err(e) => {
-            warn!(error = %e, "cannot record the client's proof in the cluster directory");
-            true
-        }
-    }
+        .map_err(|e| warn!(error = %e, "cannot record the client's proof in the cluster directory"))
 }
+
+/// Refused claims of a session whose proof the directory holds a later link than.
+pub(super) const CLAIM_UNPROVEN: &str =
+    "this client id belongs to a client that has logged in since with a later proof";
 
 /// Registers the session after ending any earlier session of the same client, whose
 /// ports are then free for this one to claim; or says why not. Only the same user's
@@ -133,8 +126,14 @@ pub(super) async fn register(
         old.iter()
             .all(|s| s.owner.user == owner.user && proof::follows(&who.proof, &s.proof))
     };
+    // Cluster: proven against the directory's record of this client too, or, while
+    // the directory cannot be reached, later (before the session's first claim).
+    let mut unproven_in_cluster = false;
     if let (true, Some(c)) = (proven, ctx.state.cluster()) {
-        proven = proven_in_cluster(&c, &owner, &who.proof).await;
+        match proven_in_cluster(&c, &owner, &who.proof).await {
+            Ok(p) => proven = p,
+            Err(()) => unproven_in_cluster = true,
+        }
     }
     if !proven {
         ctx.state
@@ -178,6 +177,7 @@ pub(super) async fn register(
         stop,
         closed: CancellationToken::new(),
         events,
+        unproven_in_cluster: std::sync::atomic::AtomicBool::new(unproven_in_cluster),
     });
     ctx.state.add_session(info.clone());
     Ok((info, events_rx))

@@ -422,10 +422,29 @@ impl Session {
         if !mirrored {
             return Ok(());
         }
+        self.prove_in_cluster(&c).await?;
         c.claim(key, &self.info.owner, 0, None, self.info.stop.clone())
             .await?;
         c.mirrors.remove(&self.ctx, key).await;
         Ok(())
+    }
+
+    /// A session let in while the directory could not check its proof passes that
+    /// check before it claims anything (a login copied off the wire during an outage
+    /// must not take the client's ports once the directory is back).
+    async fn prove_in_cluster(&self, c: &super::cluster::Cluster) -> Result<(), String> {
+        use std::sync::atomic::Ordering::{Acquire, Release};
+        if !self.info.unproven_in_cluster.load(Acquire) {
+            return Ok(());
+        }
+        match super::login::proven_in_cluster(c, &self.info.owner, &self.info.proof).await {
+            Ok(true) => {
+                self.info.unproven_in_cluster.store(false, Release);
+                Ok(())
+            }
+            Ok(false) => Err(super::login::CLAIM_UNPROVEN.to_string()),
+            Err(()) => Err(super::cluster::UNAVAILABLE.to_string()),
+        }
     }
 
     /// Gives back the claim `take_from_mirror` took when the local steps then failed.
@@ -452,6 +471,7 @@ impl Session {
         let Some(c) = self.ctx.state.cluster() else {
             return Ok(());
         };
+        self.prove_in_cluster(&c).await?;
         let rules = rules.or_else(|| {
             (!tunnel.access.is_open()).then(|| Rules {
                 allow: tunnel.access.allow.clone(),

@@ -101,6 +101,9 @@ pub struct SessionInfo {
     /// Cancelled once the session has released all its ports.
     pub closed: CancellationToken,
     pub events: mpsc::UnboundedSender<SessionEvent>,
+    /// Cluster: logged in while the directory could not check the proof; checked
+    /// before the session's first claim.
+    pub unproven_in_cluster: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]

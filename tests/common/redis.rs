@@ -97,6 +97,25 @@ impl Redis {
         }
     }
 
+    /// Freezes Redis (SIGSTOP): connections stay open, nothing answers, and nothing
+    /// is lost; [`Redis::resume`] thaws it.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis is running").id();
+        let st = Command::new("kill")
+            .args([format!("-{sig}"), pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill -{sig} redis");
+    }
+
     /// Starts Redis again on the same port.
     pub fn restart(&mut self) {
         self.stop();
