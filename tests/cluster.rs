@@ -761,3 +761,62 @@ fn cluster_settings_from_the_environment_are_unused_without_a_cluster() {
         "no peer line"
     );
 }
+
+/// The value of an unlabelled or labelled series in Prometheus text.
+fn series(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_visitor_through_a_node_that_does_not_hold_the_tunnel_costs_one_hop() {
+    let redis = Redis::start();
+    let nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .zip(2u8..)
+        .map(|(name, host)| {
+            let admin = format!("{}:0", node_ip(19, host));
+            Node::start(&redis.url(), name, node_ip(19, host), &["--admin", &admin])
+        })
+        .collect();
+    let echo = echo_service().await;
+    let mut c = client(&nodes[0], &[format!("tcp:127.0.0.1:{}:0", echo.port)]);
+    let port = c.wait_forwarding();
+    let visits = [(0usize, 2usize), (1, 5), (2, 3)];
+    for (at, n) in visits {
+        for i in 0..n {
+            let mut s = connect_when_ready(nodes[at].ip, port, WAIT).await;
+            let msg = format!("visit {i} via {}", nodes[at].name);
+            tokio::io::AsyncWriteExt::write_all(&mut s, msg.as_bytes())
+                .await
+                .unwrap();
+            let mut back = vec![0u8; msg.len()];
+            tokio::io::AsyncReadExt::read_exact(&mut s, &mut back)
+                .await
+                .unwrap();
+            assert_eq!(back, msg.as_bytes());
+        }
+    }
+    let metrics = |i: usize| {
+        let admin = nodes[i].piped.admin.unwrap();
+        async move {
+            common::http::http(admin, "GET", "/metrics", None)
+                .await
+                .body
+        }
+    };
+    let (ma, mb, mc) = (metrics(0).await, metrics(1).await, metrics(2).await);
+    let inn = "pipe_peer_streams_total{direction=\"in\"}";
+    let out = "pipe_peer_streams_total{direction=\"out\"}";
+    // Each visitor through b or c is one stream from that node to a, and no more.
+    assert_eq!(series(&mb, out), 5);
+    assert_eq!(series(&mc, out), 3);
+    assert_eq!(series(&ma, inn), 8);
+    assert_eq!(series(&ma, out), 0);
+    assert_eq!((series(&mb, inn), series(&mc, inn)), (0, 0));
+    // The holder counted every visitor as its tunnel's own.
+    let tunnels = admin_json(&nodes[0], "/api/tunnels").await;
+    assert_eq!(tunnels[0]["connections_total"], 10, "{tunnels}");
+}
