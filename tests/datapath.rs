@@ -543,33 +543,40 @@ async fn memory_goes_back_within_10s_of_a_load() {
     );
     assert_eq!(echo_roundtrip(ports[0], b"warm").await, b"warm");
     let fresh = (server.proc.rss_kib(), c.proc.rss_kib());
-    // Four streams at once, 48 MiB each way per stream.
-    let data = Arc::new(random_bytes(48 * 1024 * 1024, 3));
-    let streams = (0..4).map(|_| {
-        let data = data.clone();
-        let port = ports[0];
-        tokio::spawn(async move { assert_eq!(echo_both_ways(port, &data).await, data.len()) })
-    });
-    // The peak is sampled while the load runs: on a fast machine the heap can already
-    // be trimmed by the time the last byte is read.
-    let all = futures::future::join_all(streams);
-    tokio::pin!(all);
-    let mut loaded = fresh;
-    let done = loop {
-        tokio::select! {
-            r = &mut all => break r,
-            _ = tokio::time::sleep(Duration::from_millis(5)) => {
-                let now = (server.proc.rss_kib(), c.proc.rss_kib());
-                loaded = (loaded.0.max(now.0), loaded.1.max(now.1));
-            }
-        }
-    };
-    for s in done {
-        s.unwrap();
-    }
     let within = |now: (u64, u64)| {
         now.0 <= fresh.0 + RSS_KEPT_MIB * 1024 && now.1 <= fresh.1 + RSS_KEPT_MIB * 1024
     };
+    // Four streams at once, 48 MiB each way per stream. On a busy machine one load
+    // may move too slowly to need memory worth giving back: it runs again, up to
+    // three times, until the peak shows that it did.
+    let data = Arc::new(random_bytes(48 * 1024 * 1024, 3));
+    let mut loaded = fresh;
+    for _ in 0..3 {
+        let streams = (0..4).map(|_| {
+            let data = data.clone();
+            let port = ports[0];
+            tokio::spawn(async move { assert_eq!(echo_both_ways(port, &data).await, data.len()) })
+        });
+        // The peak is sampled while the load runs: on a fast machine the heap can
+        // already be trimmed by the time the last byte is read.
+        let all = futures::future::join_all(streams);
+        tokio::pin!(all);
+        let done = loop {
+            tokio::select! {
+                r = &mut all => break r,
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {
+                    let now = (server.proc.rss_kib(), c.proc.rss_kib());
+                    loaded = (loaded.0.max(now.0), loaded.1.max(now.1));
+                }
+            }
+        };
+        for s in done {
+            s.unwrap();
+        }
+        if !within(loaded) {
+            break;
+        }
+    }
     assert!(
         !within(loaded),
         "the load used no memory worth giving back: fresh {fresh:?}, peak {loaded:?}"

@@ -2,6 +2,7 @@
 //! (127.0.N.2, 127.0.N.3, …; all of 127/8 is loopback), so every node can listen on
 //! the same public port, all sharing one real Redis.
 
+use super::redis::Redis;
 use super::*;
 use std::net::IpAddr;
 
@@ -189,4 +190,109 @@ impl Drop for Node {
             );
         }
     }
+}
+
+/// Sends `msg` through `ip:port` (an echo service behind a tunnel) and returns what
+/// comes back, as many bytes as were sent.
+pub async fn echo_via(ip: IpAddr, port: u16, msg: &[u8]) -> Vec<u8> {
+    let mut s = connect_when_ready(ip, port, WAIT).await;
+    s.write_all(msg).await.unwrap();
+    let mut back = vec![0u8; msg.len()];
+    tokio::time::timeout(WAIT, s.read_exact(&mut back))
+        .await
+        .expect("echo within the wait")
+        .unwrap_or_else(|e| panic!("echo through {ip}:{port}: {e}"));
+    back
+}
+
+pub const MIB: usize = 1024 * 1024;
+
+/// Three nodes a, b, c on 127.0.`net`.2-4.
+pub fn three_nodes(redis: &Redis, net: u8) -> Vec<Node> {
+    vec![
+        Node::start(&redis.url(), "a", node_ip(net, 2), &[]),
+        Node::start(&redis.url(), "b", node_ip(net, 3), &[]),
+        Node::start(&redis.url(), "c", node_ip(net, 4), &[]),
+    ]
+}
+
+pub fn client(server: &Node, forwards: &[String]) -> Pipec {
+    let mut args = vec![s("--token"), s(TOKEN)];
+    for f in forwards {
+        args.push(s("--forward"));
+        args.push(f.clone());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Pipec::spawn(server.addr(), &args)
+}
+
+/// GETs `/api/cluster` (or any admin path) from a node's admin listener.
+pub async fn admin_json(node: &Node, path: &str) -> serde_json::Value {
+    let admin = node.piped.admin.expect("the node runs an admin listener");
+    let r = super::http::http(admin, "GET", path, None).await;
+    assert_eq!(r.status, 200, "{path}: {}", r.body);
+    r.json()
+}
+
+pub fn claim_keys(view: &serde_json::Value) -> Vec<(String, String)> {
+    view["claims"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    (
+                        c["key"].as_str().unwrap_or_default().to_string(),
+                        c["node"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `forwarding tcp://127.0.0.3:9000 -> …` → 127.0.0.3
+pub fn forwarding_host(line: &str) -> IpAddr {
+    let public = line.split_whitespace().nth(1).unwrap_or_default();
+    let host = public.split("://").nth(1).and_then(|h| h.rsplit_once(':'));
+    host.and_then(|(h, _)| h.parse().ok())
+        .unwrap_or_else(|| panic!("no host in {line:?}"))
+}
+
+/// Waits (bounded) until the node's log holds `what`.
+pub async fn wait_logged(node: &Node, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    while !node.piped.proc.stderr().contains(what) {
+        assert!(
+            Instant::now() < deadline,
+            "node {} never logged {what:?}:\n{}",
+            node.name,
+            node.piped.proc.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What a visitor through `ip:port` gets back for one request: the body, or nothing
+/// when the node could not carry it (reset or closed).
+pub async fn try_download(ip: IpAddr, port: u16) -> Option<Vec<u8>> {
+    let mut s = connect_when_ready(ip, port, WAIT).await;
+    tokio::io::AsyncWriteExt::write_all(&mut s, b"GET / HTTP/1.0\r\n\r\n")
+        .await
+        .ok()?;
+    let mut all = Vec::new();
+    match tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read_to_end(&mut s, &mut all)).await {
+        Ok(Ok(_)) if !all.is_empty() => {
+            let at = all.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+            Some(all.split_off(at))
+        }
+        _ => None,
+    }
+}
+
+/// The value of an unlabelled or labelled series in Prometheus text.
+pub fn series(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
 }
