@@ -60,6 +60,19 @@ async fn every_nodes_caddy_serves_a_subdomain_held_on_one_node_with_its_rules() 
         assert_eq!(body.len(), data.len(), "node {}", node.name);
         assert_eq!(sha256(&body), sha256(&data), "node {}", node.name);
     }
+    // Another client asking node c for the same subdomain is refused (exit 4), and
+    // the first keeps serving.
+    let again = format!("http:{local}:shared");
+    let mut second = Pipec::spawn(nodes[2].addr(), &["--token", TOKEN, "--forward", &again]);
+    assert_eq!(second.proc.wait_exit(WAIT), 4);
+    let err = second.proc.stderr();
+    assert!(err.contains("subdomain shared"), "{err}");
+    assert!(err.contains("taken"), "{err}");
+    let (code, _) = caddies[2]
+        .try_fetch_with(&host, "/", &["-u", "ann:s3cret-pw"])
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
     // Closing the forward takes the route out of every node's Caddy.
     drop(c);
     for (caddy, node) in caddies.iter().zip(&nodes) {
