@@ -546,13 +546,14 @@ async fn memory_goes_back_within_10s_of_a_load() {
     let within = |now: (u64, u64)| {
         now.0 <= fresh.0 + RSS_KEPT_MIB * 1024 && now.1 <= fresh.1 + RSS_KEPT_MIB * 1024
     };
-    // Four streams at once, 48 MiB each way per stream. On a busy machine one load
-    // may move too slowly to need memory worth giving back: it runs again, up to
-    // three times, until the peak shows that it did.
-    let data = Arc::new(random_bytes(48 * 1024 * 1024, 3));
+    // Sixteen streams at once, 12 MiB each way per stream: enough buffers in flight at
+    // once that the load needs memory worth giving back (four streams peaked at only
+    // 6-7 MiB over fresh on a quiet machine). A load on a busy machine may still move
+    // too slowly to: it runs again, up to three times, until the peak shows it did.
+    let data = Arc::new(random_bytes(12 * 1024 * 1024, 3));
     let mut loaded = fresh;
     for _ in 0..3 {
-        let streams = (0..4).map(|_| {
+        let streams = (0..16).map(|_| {
             let data = data.clone();
             let port = ports[0];
             tokio::spawn(async move { assert_eq!(echo_both_ways(port, &data).await, data.len()) })
