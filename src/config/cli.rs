@@ -146,14 +146,24 @@ pub struct PipedArgs {
     pub cluster: Option<String>,
     /// This node's name in the cluster (letters, digits, '-', '_', '.')
     /// [default: $FLY_MACHINE_ID on fly.io]
-    #[arg(long, env = "PIPE_NODE")]
+    #[arg(long, env = "PIPE_NODE", hide_env_values = true)]
     pub node: Option<String>,
     /// Where other nodes reach this one, PORT or HOST:PORT (fly.io: fly-local-6pn:8920)
-    #[arg(long, env = "PIPE_PEER_LISTEN", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "PIPE_PEER_LISTEN",
+        hide_env_values = true,
+        value_name = "ADDR"
+    )]
     pub peer_listen: Option<String>,
     /// The address other nodes dial, when it is not --peer-listen's (a NAT, fly.io's
     /// private network) [default: the bound --peer-listen address]
-    #[arg(long, env = "PIPE_PEER_ADVERTISE", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "PIPE_PEER_ADVERTISE",
+        hide_env_values = true,
+        value_name = "ADDR"
+    )]
     pub peer_advertise: Option<String>,
     #[command(flatten)]
     pub log: LogArgs,
