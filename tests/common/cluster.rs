@@ -53,21 +53,13 @@ impl Node {
             args.extend([s("--token"), s(TOKEN)]);
         }
         args.extend(extra.iter().map(|a| a.to_string()));
-        let mut proc = Proc::spawn(piped_bin(), &args);
-        let line = proc.wait_line("listening on ", WAIT);
-        let addr = line["listening on ".len()..].parse().unwrap();
-        let admin = if args.iter().any(|a| a == "--admin") {
-            let l = proc.wait_line("admin on ", WAIT);
-            Some(l["admin on ".len()..].parse().unwrap())
-        } else {
-            None
-        };
-        let line = proc.wait_line("peer on ", WAIT);
+        let mut piped = Piped::start_args(args);
+        let line = piped.proc.wait_line("peer on ", WAIT);
         let peer = line["peer on ".len()..].parse().unwrap();
         Node {
             name: name.to_string(),
             ip,
-            piped: Piped { proc, addr, admin },
+            piped,
             peer,
         }
     }
