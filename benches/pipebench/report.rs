@@ -8,7 +8,9 @@ use crate::machine::Machine;
 use crate::monitor::Summary;
 use crate::report_cluster;
 use crate::report_stress;
-use crate::stats::{cell, fmt_num, med, missing_notes, short, stat, systems_in, Cell};
+use crate::stats::{
+    cell, fmt_num, med, missing_notes, sample_result, short, stat, systems_in, Cell,
+};
 use crate::targets::{per_conn_kib, targets};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -427,15 +429,7 @@ fn raw(o: &mut String, d: &RunData) {
     );
     // The cluster section lists its own samples (it can be replaced on its own).
     for x in d.samples.iter().filter(|x| x.workload != "cluster") {
-        let r = match &x.error {
-            Some(e) => format!("error: {}", short(e)),
-            None => x
-                .metrics
-                .iter()
-                .map(|(k, v)| format!("{k}={v:.3}"))
-                .collect::<Vec<_>>()
-                .join(" "),
-        };
+        let r = sample_result(x);
         let busy = x.busy_elsewhere.map_or("—".into(), |c| {
             if c > BUSY_FLAG_CORES {
                 format!("**{c:.2}**")

@@ -9,7 +9,7 @@
 use crate::cluster::{IDLE_VISITORS, MIRROR_RETRY, NODES};
 use crate::harness::Sample;
 use crate::report::RunData;
-use crate::stats::{cell, fmt_num, med, missing_notes, short, systems_in};
+use crate::stats::{cell, fmt_num, med, missing_notes, notes_line, sample_result, systems_in};
 use std::fmt::Write as _;
 
 /// Opens the generated section (an HTML comment: invisible once rendered).
@@ -219,18 +219,7 @@ fn idle(o: &mut String, s: &[Sample]) {
                 fmt_num(alive, 0)
             );
         }
-        let notes: Vec<String> = s
-            .iter()
-            .filter(|x| x.workload == W && x.system == *sys)
-            .flat_map(|x| {
-                x.notes
-                    .iter()
-                    .map(|n| format!("round {}: {n}", x.round + 1))
-            })
-            .collect();
-        if !notes.is_empty() {
-            let _ = writeln!(o, "\n*{sys}: {}*", short(&notes.join("; ")));
-        }
+        notes_line(o, s, W, sys);
     }
 }
 
@@ -241,15 +230,7 @@ fn raw(o: &mut String, s: &[Sample]) {
          | round | system | other work, cores | result |\n| --- | --- | --- | --- |"
     );
     for x in s.iter().filter(|x| x.workload == W) {
-        let r = match &x.error {
-            Some(e) => format!("error: {}", short(e)),
-            None => x
-                .metrics
-                .iter()
-                .map(|(k, v)| format!("{k}={v:.3}"))
-                .collect::<Vec<_>>()
-                .join(" "),
-        };
+        let r = sample_result(x);
         let busy = x.busy_elsewhere.map_or("—".into(), |c| format!("{c:.2}"));
         let _ = writeln!(o, "| {} | {} | {busy} | {r} |", x.round + 1, x.system);
     }

@@ -3,7 +3,7 @@
 //! the rest of the report, every number comes from the samples.
 
 use crate::harness::Sample;
-use crate::stats::{cell, med, missing_notes, short, systems_in};
+use crate::stats::{cell, med, missing_notes, notes_line, systems_in};
 use crate::stress::STALLED;
 use crate::targets::GIVE_BACK_SLACK_MIB;
 use std::fmt::Write as _;
@@ -83,18 +83,7 @@ pub fn stall(o: &mut String, s: &[Sample]) {
     }
     missing_notes(o, s, "stall", &systems, "rss_before_server_mib");
     for sys in &systems {
-        let notes: Vec<String> = s
-            .iter()
-            .filter(|x| x.workload == "stall" && x.system == *sys)
-            .flat_map(|x| {
-                x.notes
-                    .iter()
-                    .map(|n| format!("round {}: {n}", x.round + 1))
-            })
-            .collect();
-        if !notes.is_empty() {
-            let _ = writeln!(o, "\n*{sys}: {}*", short(&notes.join("; ")));
-        }
+        notes_line(o, s, "stall", sys);
     }
     let stalled = systems
         .iter()

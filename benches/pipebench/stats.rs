@@ -122,3 +122,32 @@ pub fn systems_in(samples: &[Sample], w: &str) -> Vec<String> {
     }
     out
 }
+
+/// A sample's raw result for the "every sample" tables: its metrics, or its error.
+pub fn sample_result(x: &Sample) -> String {
+    match &x.error {
+        Some(e) => format!("error: {}", short(e)),
+        None => x
+            .metrics
+            .iter()
+            .map(|(k, v)| format!("{k}={v:.3}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+/// One line of `sys`'s notes on workload `w`, each named by its round, when it has any.
+pub fn notes_line(o: &mut String, samples: &[Sample], w: &str, sys: &str) {
+    let notes: Vec<String> = samples
+        .iter()
+        .filter(|x| x.workload == w && x.system == sys)
+        .flat_map(|x| {
+            x.notes
+                .iter()
+                .map(|n| format!("round {}: {n}", x.round + 1))
+        })
+        .collect();
+    if !notes.is_empty() {
+        let _ = writeln!(o, "\n*{sys}: {}*", short(&notes.join("; ")));
+    }
+}
