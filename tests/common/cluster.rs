@@ -92,21 +92,7 @@ pub async fn connect_when_ready(ip: IpAddr, port: u16, within: Duration) -> TcpS
 
 /// GETs `/` through `ip:port` (the file server behind a tunnel) and returns the body.
 pub async fn download(ip: IpAddr, port: u16) -> Vec<u8> {
-    let mut s = connect_when_ready(ip, port, WAIT).await;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut all = Vec::new();
-    tokio::time::timeout(Duration::from_secs(120), s.read_to_end(&mut all))
-        .await
-        .expect("download within 120 s")
-        .unwrap();
-    let at = all
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP head from {ip}:{port} ({} bytes)", all.len()))
-        + 4;
-    all.split_off(at)
+    get_body(connect_when_ready(ip, port, WAIT).await).await
 }
 
 /// One UDP datagram to `ip:port` and its echo, retried while the mirror is not up

@@ -345,22 +345,28 @@ pub async fn file_server(body: Arc<Vec<u8>>) -> u16 {
 
 /// GETs `/` from 127.0.0.1:port with a raw HTTP/1.0 request; returns the body.
 pub async fn http_get(port: u16) -> Vec<u8> {
-    let mut s = tokio::time::timeout(WAIT, TcpStream::connect(("127.0.0.1", port)))
+    let s = tokio::time::timeout(WAIT, TcpStream::connect(("127.0.0.1", port)))
         .await
         .unwrap()
         .unwrap();
+    get_body(s).await
+}
+
+/// Sends a raw HTTP/1.0 `GET /` on `s` and returns the body of the answer (bounded
+/// by two minutes: large files through slow paths).
+pub async fn get_body(mut s: TcpStream) -> Vec<u8> {
     s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
     let mut all = Vec::new();
     tokio::time::timeout(Duration::from_secs(120), s.read_to_end(&mut all))
         .await
-        .unwrap()
+        .expect("the answer within 120 s")
         .unwrap();
     let at = all
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .expect("no HTTP header end")
+        .unwrap_or_else(|| panic!("no HTTP head ({} bytes)", all.len()))
         + 4;
     all.split_off(at)
 }
