@@ -149,8 +149,7 @@ impl History {
 
 /// Samples `state` every [`SAMPLE_INTERVAL`] until `stop` is cancelled.
 pub async fn run(history: Arc<History>, state: Arc<State>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = crate::transport::ticker::interval(SAMPLE_INTERVAL);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,

@@ -80,8 +80,7 @@ impl Caddy {
 
     /// Checks every [`CHECK_INTERVAL`] until `stop` is cancelled.
     pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(CHECK_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = crate::transport::ticker::interval(CHECK_INTERVAL);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,

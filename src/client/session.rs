@@ -11,7 +11,7 @@ use crate::protocol::{
 };
 use crate::transport::mux::{self, Mode, MAX_STREAMS_LIMIT};
 use crate::transport::tls::{self, TlsConnector};
-use crate::transport::{tcp, BatchIo, MuxStream};
+use crate::transport::{tcp, ticker, BatchIo, MuxStream};
 use futures::io::{AsyncRead, AsyncWrite};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -287,7 +287,7 @@ impl Control<'_, '_> {
         }
         // Forwards refused after a reconnect: asked for again at every heartbeat tick.
         let mut refused = vec![false; self.forwards.len()];
-        let mut tick = tokio::time::interval_at(
+        let mut tick = ticker::interval_at(
             Instant::now() + cfg.heartbeat_interval,
             cfg.heartbeat_interval,
         );

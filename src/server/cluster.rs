@@ -233,8 +233,7 @@ impl Cluster {
 
     /// Renews the registration and every claim, until `stop`.
     pub async fn renew_loop(self: Arc<Self>, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(RENEW_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = crate::transport::ticker::interval(RENEW_EVERY);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,

@@ -95,8 +95,7 @@ fn unmark(ctx: &Ctx, key: &ClaimKey) {
 /// Keeps the mirrors equal to the directory's claims of other nodes, until shutdown.
 pub(crate) async fn run(ctx: Arc<Ctx>, cluster: Arc<Cluster>) {
     let mut events = cluster.dir.subscribe();
-    let mut tick = tokio::time::interval(RECONCILE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = crate::transport::ticker::interval(RECONCILE_EVERY);
     loop {
         tokio::select! {
             _ = ctx.kill.cancelled() => break,
@@ -445,7 +444,7 @@ async fn udp_loop(
         by_addr: HashMap::new(),
         next: 0,
     }));
-    let mut sweep = tokio::time::interval(lock(&peers).table.sweep_every());
+    let mut sweep = crate::transport::ticker::interval(lock(&peers).table.sweep_every());
     let mut link: Option<UdpLink> = None;
     let mut buf = vec![0u8; RECV_BUF];
     loop {

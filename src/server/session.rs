@@ -14,7 +14,7 @@ use crate::protocol::{
     ClientMsg, CodecError, ForwardRequest, MessageStream, Proto, ServerMsg, MAX_CONTROL_FRAME,
 };
 use crate::transport::mux::{self, Mode};
-use crate::transport::{Mux, MuxStream};
+use crate::transport::{ticker, Mux, MuxStream};
 use futures::io::{AsyncRead, AsyncWrite};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -191,7 +191,7 @@ impl Session {
     ) -> &'static str {
         let cfg = &self.ctx.state.config;
         let (hb_every, hb_timeout) = (cfg.heartbeat_interval, cfg.heartbeat_timeout);
-        let mut tick = tokio::time::interval_at(Instant::now() + hb_every, hb_every);
+        let mut tick = ticker::interval_at(Instant::now() + hb_every, hb_every);
         let mut last_seen = Instant::now();
         loop {
             tokio::select! {

@@ -130,7 +130,7 @@ pub async fn run(
     let (tr, queue_ref) = (&*t, &queue);
     let inbound = async {
         let mut buf = vec![0u8; RECV_BUF];
-        let mut sweep = tokio::time::interval(sweep_every);
+        let mut sweep = crate::transport::ticker::interval(sweep_every);
         let mut links = FuturesUnordered::new();
         let mut next_link = 0u64;
         loop {

@@ -68,8 +68,7 @@ pub async fn watch(state: Arc<State>, mut hangup: Option<Signal>, shutdown: Canc
     let Some(accounts) = state.accounts.clone() else {
         return;
     };
-    let mut tick = tokio::time::interval(POLL_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = crate::transport::ticker::interval(POLL_EVERY);
     loop {
         let forced = tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -88,8 +88,7 @@ pub fn tune_for_frames() {
 /// Gives free heap pages back to the kernel after each busy spell of the data path.
 /// Runs for the life of the runtime; spawn it once per process.
 pub async fn trim_when_idle() {
-    let mut tick = tokio::time::interval(IDLE_CHECK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = super::ticker::interval(IDLE_CHECK);
     let mut last = MOVED.load(Ordering::Relaxed);
     let mut quiet_ticks = 0u32;
     let mut trimmed = true;

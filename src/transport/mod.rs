@@ -14,6 +14,7 @@ pub mod selfsigned;
 pub mod splice;
 mod stream;
 pub mod tcp;
+pub mod ticker;
 pub mod tls;
 pub mod verify;
 
