@@ -4,7 +4,7 @@
 mod common;
 
 use common::http::http;
-use common::login::{client_messages, login_from, Attempt};
+use common::login::{copied_login, login_from, Attempt};
 use common::proxy::Proxy;
 use common::*;
 use pipe::protocol::ClientMsg;
@@ -203,13 +203,7 @@ async fn a_replayed_client_id_with_the_right_token_cannot_take_the_ports() {
     let fwd = format!("tcp:{}:{}", echo.port, p[0]);
     let (mut victim, _) = start_as(via, &as_user("alice", TA, &[fwd]), 1);
     // Copy the victim's login off the wire.
-    let msgs = client_messages(&proxy.upstream_bytes());
-    let Some(ClientMsg::Login {
-        client_id, proof, ..
-    }) = msgs.first().cloned()
-    else {
-        panic!("no login on the wire: {msgs:?}");
-    };
+    let (client_id, proof) = copied_login(&proxy.upstream_bytes());
     let mut forged = vec![proof, [7; 32]];
     forged.push(pipe::accounts::proof::ClientKey::generate().next_proof());
     for (who, token) in [("alice", TA), ("bob", TB)] {

@@ -147,8 +147,7 @@ async fn a_node_restarted_under_its_name_serves_every_live_tunnel_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_login_copied_off_the_wire_cannot_take_the_client_s_ports_on_another_node() {
-    use common::login::{client_messages, login_from, Attempt};
-    use pipe::protocol::ClientMsg;
+    use common::login::{copied_login, login_from, Attempt};
     let redis = Redis::start();
     let nodes = three_nodes(&redis, 13);
     let echo = echo_service().await;
@@ -163,13 +162,7 @@ async fn a_login_copied_off_the_wire_cannot_take_the_client_s_ports_on_another_n
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut victim = Pipec::spawn(via, &args);
     let port = victim.wait_forwarding();
-    let msgs = client_messages(&proxy.upstream_bytes());
-    let Some(ClientMsg::Login {
-        client_id, proof, ..
-    }) = msgs.first().cloned()
-    else {
-        panic!("no login on the wire: {msgs:?}");
-    };
+    let (client_id, proof) = copied_login(&proxy.upstream_bytes());
     // The copied login, with the right token, on every other node: refused.
     for n in &nodes[1..] {
         let a = Attempt {
@@ -416,7 +409,7 @@ async fn a_node_without_the_cluster_token_gets_no_link_and_garbage_on_a_peer_por
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_login_copied_during_a_redis_outage_still_cannot_claim_once_it_is_back() {
-    use common::login::{client_messages, login_from, Attempt};
+    use common::login::{copied_login, login_from, Attempt};
     use pipe::protocol::{ClientMsg, ForwardRequest, Proto, ServerMsg};
     let redis = Redis::start();
     let nodes = three_nodes(&redis, 18);
@@ -426,12 +419,7 @@ async fn a_login_copied_during_a_redis_outage_still_cannot_claim_once_it_is_back
     let fwd = format!("tcp:127.0.0.1:{}:0", echo.port);
     let mut victim = Pipec::spawn(via, &["--token", TOKEN, "--forward", &fwd]);
     let port = victim.wait_forwarding();
-    let Some(ClientMsg::Login {
-        client_id, proof, ..
-    }) = client_messages(&proxy.upstream_bytes()).first().cloned()
-    else {
-        panic!("no login on the wire");
-    };
+    let (client_id, proof) = copied_login(&proxy.upstream_bytes());
     // With Redis frozen, node b cannot check the copied proof against the record and
     // lets the login in...
     redis.pause();

@@ -77,21 +77,27 @@ pub fn interval(period: Duration) -> Interval {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
 
-    /// A runtime without a timer driver would panic at the first poll of a timer of
-    /// its own: ticking there shows the timer lives on the timer thread.
-    #[test]
-    fn intervals_tick_on_a_runtime_that_has_no_timers() {
+    /// Runs `work` on a runtime built without a timer driver, which would panic at the
+    /// first poll of a timer of its own: ticking there shows the timer lives on the
+    /// timer thread. Returns how long `work` took.
+    fn time_without_timers(work: impl Future<Output = ()>) -> Duration {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let took = rt.block_on(async {
-            let start = std::time::Instant::now();
+        let start = std::time::Instant::now();
+        rt.block_on(work);
+        start.elapsed()
+    }
+
+    #[test]
+    fn intervals_tick_on_a_runtime_that_has_no_timers() {
+        let took = time_without_timers(async {
             let mut tick = interval(Duration::from_millis(20));
             for _ in 0..4 {
                 tick.tick().await;
             }
-            start.elapsed()
         });
         // The first tick is at once, three more 20 ms apart.
         assert!(took >= Duration::from_millis(55), "{took:?}");
@@ -100,17 +106,9 @@ mod tests {
 
     #[test]
     fn interval_at_waits_for_its_start() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let took = rt.block_on(async {
-            let start = std::time::Instant::now();
-            let mut tick = interval_at(
-                Instant::now() + Duration::from_millis(50),
-                Duration::from_secs(60),
-            );
-            tick.tick().await;
-            start.elapsed()
+        let took = time_without_timers(async {
+            let start = Instant::now() + Duration::from_millis(50);
+            interval_at(start, Duration::from_secs(60)).tick().await;
         });
         assert!(took >= Duration::from_millis(45), "{took:?}");
         assert!(took < Duration::from_secs(5), "{took:?}");

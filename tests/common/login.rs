@@ -133,3 +133,15 @@ pub fn client_messages(upstream: &[u8]) -> Vec<ClientMsg> {
     }
     msgs
 }
+
+/// The client id and proof of the first login a proxy saw upstream: what an attacker
+/// copying it off the wire would hold. Panics if no login went by.
+pub fn copied_login(upstream: &[u8]) -> ([u8; CLIENT_ID_LEN], [u8; PROOF_LEN]) {
+    let msgs = client_messages(upstream);
+    match msgs.first() {
+        Some(ClientMsg::Login {
+            client_id, proof, ..
+        }) => (*client_id, *proof),
+        _ => panic!("no login on the wire: {msgs:?}"),
+    }
+}

@@ -417,6 +417,15 @@ impl ComposeService {
             .map(str::trim)
     }
 
+    /// The value of `key:` at any depth under the service (e.g. `build.context`).
+    fn nested(&self, key: &str) -> Option<&str> {
+        let prefix = format!("{key}:");
+        self.lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(&prefix))
+            .map(str::trim)
+    }
+
     /// The list items (`- x`) under `key:`.
     fn list(&self, key: &str) -> Vec<String> {
         let head = format!("    {key}:");
@@ -504,17 +513,11 @@ fn check_cluster_compose(path: &Path) {
         let n = &s.name;
         // Built from this repository's Dockerfile.
         let context = s
-            .lines
-            .iter()
-            .find_map(|l| l.trim().strip_prefix("context:"))
-            .unwrap_or_else(|| panic!("{n}: build.context"))
-            .trim();
+            .nested("context")
+            .unwrap_or_else(|| panic!("{n}: build.context"));
         let dockerfile = s
-            .lines
-            .iter()
-            .find_map(|l| l.trim().strip_prefix("dockerfile:"))
-            .unwrap_or_else(|| panic!("{n}: build.dockerfile"))
-            .trim();
+            .nested("dockerfile")
+            .unwrap_or_else(|| panic!("{n}: build.dockerfile"));
         let built = path.parent().unwrap().join(context).join(dockerfile);
         assert_eq!(
             built.canonicalize().ok(),

@@ -39,6 +39,19 @@ pub(crate) fn docker_cmd() -> Vec<String> {
     serde_json::from_str(cmd).expect("CMD in exec (JSON) form")
 }
 
+/// The image's command with its listen and bind addresses moved to loopback (listeners on
+/// ephemeral ports), so a test can run it as it stands.
+pub(crate) fn docker_cmd_on_loopback() -> Vec<String> {
+    docker_cmd()
+        .into_iter()
+        .map(|a| match a.as_str() {
+            "0.0.0.0:8910" | "0.0.0.0:8911" => "127.0.0.1:0".to_string(),
+            "0.0.0.0" => "127.0.0.1".to_string(),
+            _ => a,
+        })
+        .collect()
+}
+
 pub(crate) fn flag_value<'a>(args: &'a [String], flag: &str) -> &'a str {
     let i = args
         .iter()
@@ -173,14 +186,7 @@ fn dockerfile_is_multi_stage_non_root_and_secret_free() {
 /// ephemeral ports) and the health check's route answers.
 #[tokio::test(flavor = "multi_thread")]
 async fn docker_default_command_serves_the_health_check() {
-    let cmd: Vec<String> = docker_cmd()
-        .into_iter()
-        .map(|a| match a.as_str() {
-            "0.0.0.0:8910" | "0.0.0.0:8911" => "127.0.0.1:0".to_string(),
-            "0.0.0.0" => "127.0.0.1".to_string(),
-            _ => a,
-        })
-        .collect();
+    let cmd = docker_cmd_on_loopback();
     let mut p = Proc::spawn_env(
         piped_bin(),
         &cmd,

@@ -1,7 +1,7 @@
 //! fly.toml: the control port, the admin behind Fly's HTTPS, TCP and UDP port ranges
 //! matching piped's `--ports`, and a cluster of machines sharing a Redis.
 
-use super::docker::{docker_cmd, flag_value};
+use super::docker::{docker_cmd, docker_cmd_on_loopback, flag_value};
 use super::{read, run, TOKEN};
 use crate::common::*;
 use pipe::config::PortSet;
@@ -171,14 +171,7 @@ fn node_starts_from_env_alone(env: &toml::Table) {
         .local_addr()
         .unwrap()
         .port();
-    let cmd: Vec<String> = docker_cmd()
-        .into_iter()
-        .map(|a| match a.as_str() {
-            "0.0.0.0:8910" | "0.0.0.0:8911" => "127.0.0.1:0".to_string(),
-            "0.0.0.0" => "127.0.0.1".to_string(),
-            _ => a,
-        })
-        .collect();
+    let cmd = docker_cmd_on_loopback();
     let mut piped = std::process::Command::new(piped_bin());
     piped.args(&cmd);
     for (k, v) in env {
