@@ -18,6 +18,10 @@
 # throughput and 1-byte RTT through the holding node and through a peer node, then 1,000
 # idle visitors over the three nodes and each node's RSS). `--workloads cluster --only
 # pipe` measures the cluster alone and replaces only its section of docs/BENCHMARKS.md.
+# Not in the default set: wan (pipe, rathole, bore and direct across an emulated link of
+# 0/20/50/100 ms and 50 ms + 1% loss at 1 Gbit/s: two more namespaces joined by the
+# harness's own link emulator; ~20 minutes). `--workloads wan` replaces only its "Real
+# links" section; `--links 50ms,100ms` narrows it, `--wan-rounds N` sets its rounds (3).
 # Options go to `pipebench run`, e.g. `--rounds 3`, `--workloads tcp,echo`,
 # `--only pipe,rathole`, `--out-md /tmp/x.md`, `--variant LABEL=DIR` (A/B another build
 # of piped/pipec). CARGO_TARGET_DIR is honoured. Takes ~20 minutes of measuring on a
@@ -83,10 +87,29 @@ PIPEBENCH_TCP_MEM=$(cat /proc/sys/net/ipv4/tcp_mem 2>/dev/null || true)
 export PIPEBENCH_TCP_MEM
 
 NS="pipebench-$$"
+# The wan workload's two namespaces (`-a`, the server side; `-b`, the client side),
+# joined only by the link emulator the harness starts.
+WAN_NS="pipe-wan-$$"
+# Ends whatever still runs in this run's namespaces (after Ctrl-C the load and the
+# systems live on: each runs in a process group of its own) and deletes them.
+cleanup() {
+    for ns in "$NS" "$WAN_NS-a" "$WAN_NS-b"; do
+        pids=$(ip netns pids "$ns" 2>/dev/null || true)
+        [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
+        ip netns del "$ns" 2>/dev/null || true
+    done
+}
 if [ "$(id -u)" = 0 ] && ip netns add "$NS" 2>/dev/null; then
-    trap 'ip netns del "$NS" 2>/dev/null || true' EXIT
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
     # lo up gives the namespace all of 127.0.0.0/8 (the cluster's nodes use .2 to .4).
     ip netns exec "$NS" ip link set lo up
+    if ip netns add "$WAN_NS-a" && ip netns add "$WAN_NS-b"; then
+        ARGS+=(--wan-ns "$WAN_NS")
+    else
+        say "could not create the wan namespaces: the wan workload will say why it has no numbers"
+    fi
     say "measuring inside network namespace $NS"
     ip netns exec "$NS" "$BENCH" "${ARGS[@]}"
 else

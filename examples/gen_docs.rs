@@ -16,7 +16,7 @@
 
 use clap::CommandFactory;
 use clap_complete::Shell;
-use pipe::config::cli::{PipecArgs, PipedArgs};
+use pipe::config::cli::{PipecArgs, PipedArgs, FORWARD_EXAMPLES, FORWARD_HELP, FORWARD_OPTIONS};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -35,7 +35,16 @@ pub fn generate(out: &Path) -> io::Result<Vec<PathBuf>> {
     for mut cmd in [PipedArgs::command(), PipecArgs::command()] {
         let name = cmd.get_name().to_string();
         // Before the completions build it: building adds clap's `help` subcommand.
-        let for_man = cmd.clone();
+        // The page lists the forward options in a section of their own (roff would
+        // fill `--help`'s aligned lines into one paragraph).
+        let for_man = cmd.clone().mut_args(|a| {
+            if a.get_long() == Some("forward") {
+                a.help(FORWARD_HELP.replace("see --help", "see FORWARD OPTIONS"))
+                    .long_help(None::<&str>)
+            } else {
+                a
+            }
+        });
         for shell in SHELLS {
             written.push(clap_complete::generate_to(
                 shell,
@@ -49,14 +58,16 @@ pub fn generate(out: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(written)
 }
 
-/// The sections clap does not generate, in roff, per program: ENVIRONMENT, EXIT
-/// STATUS and EXAMPLES (the README's exit-code table, in short).
+/// The sections clap does not generate, in roff, per program: FORWARD OPTIONS (pipec),
+/// ENVIRONMENT, EXIT STATUS and EXAMPLES (the README's exit-code table, in short).
 fn extra_sections(name: &str) -> String {
     let env = match name {
         "piped" => {
             ".TP\n\\fBPIPE_TOKEN\\fR\nThe shared secret clients must prove (as \\-\\-token).\n\
 .TP\n\\fBPIPE_ADMIN_TOKEN\\fR\nThe bearer token of the admin routes (as \\-\\-admin\\-token).\n\
-.TP\n\\fBPIPE_UDP_BIND_ADDR\\fR\nWhere public UDP sockets bind (as \\-\\-udp\\-bind\\-addr).\n"
+.TP\n\\fBPIPE_UDP_BIND_ADDR\\fR\nWhere public UDP sockets bind (as \\-\\-udp\\-bind\\-addr).\n\
+.TP\n\\fBPIPE_OIDC_ISSUER\\fR, \\fBPIPE_OIDC_CLIENT_ID\\fR\nSign-in for auth=oidc forwards (as \\-\\-oidc\\-issuer, \\-\\-oidc\\-client\\-id).\n\
+.TP\n\\fBPIPE_OIDC_CLIENT_SECRET\\fR\npiped's client secret at the issuer (instead of \\-\\-oidc\\-client\\-secret\\-file).\n"
         }
         _ => ".TP\n\\fBPIPE_TOKEN\\fR\nThe server's shared secret, or the user's token (as \\-\\-token).\n\
 .TP\n\\fBPIPE_USER\\fR\nThe user name to log in as (as \\-\\-user).\n\
@@ -92,9 +103,43 @@ pipec \\-\\-server node1.vps \\-\\-server node2.vps \\-\\-forward tcp:3000:9000\
 pipec relay tcp:9299 unix:/tmp/agent.sock\n.fi\n"
         }
     };
+    let forward_options = match name {
+        "pipec" => forward_options(),
+        _ => String::new(),
+    };
     format!(
-        ".SH ENVIRONMENT\n{env}{common_env}.SH \"EXIT STATUS\"\n{exits}.SH EXAMPLES\n{examples}"
+        "{forward_options}.SH ENVIRONMENT\n{env}{common_env}.SH \"EXIT STATUS\"\n{exits}.SH EXAMPLES\n{examples}"
     )
+}
+
+/// Text as roff reads it: a hyphen is `\-` (a plain `-` may print as a dash), and a
+/// backslash is escaped.
+fn roff_escape(s: &str) -> String {
+    s.replace('\\', "\\e").replace('-', "\\-")
+}
+
+/// pipec's FORWARD OPTIONS section: spec examples, then every `,KEY=VALUE` option with
+/// what it does and an example, from the same table as `pipec --help`.
+fn forward_options() -> String {
+    let mut out = String::from(
+        ".SH \"FORWARD OPTIONS\"\nA forward is \\fB\\-\\-forward\\fR \\fISPEC\\fR[,\\fIKEY\\fR=\\fIVALUE\\fR...]; \
+quote the whole argument in a shell. Examples of \\fISPEC\\fR:\n.RS\n.nf\n",
+    );
+    for e in FORWARD_EXAMPLES {
+        out.push_str(&format!("{}\n", roff_escape(e)));
+    }
+    out.push_str(
+        ".fi\n.RE\n.PP\nOptions (also the keys of a [[forward]] table in the config file):\n",
+    );
+    for (opt, what, example) in FORWARD_OPTIONS {
+        out.push_str(&format!(
+            ".TP\n\\fB{}\\fR\n{}\n.br\ne.g. \\fB\\-\\-forward {}\\fR\n",
+            roff_escape(opt),
+            roff_escape(what),
+            roff_escape(&format!("'{example}'"))
+        ));
+    }
+    out
 }
 
 /// One page for the program and one per subcommand (`pipec-relay.1`).

@@ -5,12 +5,14 @@
 //! against that user's token; an unknown user is checked against a throwaway token, so
 //! it costs the same as a wrong one. It does not own timeouts, connection caps or the
 //! takeover rule: the server wraps `server_handshake` in its login timeout and judges
-//! the proof the login carries (`accounts::proof`).
+//! the proof the login carries (`accounts::proof`), against the binding of the token
+//! the login was checked with, which the handshake reports.
 
-use crate::accounts::proof::ClientKey;
+use crate::accounts::proof::{Binding, ClientKey};
 use crate::protocol::{
-    ClientMsg, CodecError, Hello, MessageStream, ServerHello, ServerMsg, CLIENT_ID_LEN, MAGIC,
-    MAX_USER_NAME, NONCE_LEN, PROOF_LEN, PROTOCOL_VERSION,
+    ClientMsg, CodecError, Hello, MessageStream, ServerHello, ServerMsg, CLIENT_ID_LEN,
+    JOIN_KEY_LEN, MAGIC, MAX_CLIENT_NAME, MAX_HOST_NAME, MAX_USER_NAME, NONCE_LEN, PROOF_LEN,
+    PROTOCOL_VERSION,
 };
 use hmac::{KeyInit, Mac};
 use rand::RngCore;
@@ -61,6 +63,13 @@ impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Token(<redacted>)")
     }
+}
+
+/// What a client's id is bound to when it logs in with `token` as `user` (the name as
+/// the login gives it): the same on both sides, so that the server can check that a
+/// login's chain belongs to the token the login proved (`accounts::proof`).
+pub fn binding(token: Option<&Token>, user: Option<&str>) -> Binding {
+    Binding::new(token.map(|t| t.0.as_bytes()), user)
 }
 
 /// A fresh random login challenge.
@@ -162,6 +171,10 @@ pub enum LoginError {
     BadUserOrToken,
     #[error("server refused the login: {0}")]
     Refused(String),
+    /// Refused for a reason of the server's own (no cluster directory, a capacity cap):
+    /// another server, or this one later, may let the client in.
+    #[error("the server cannot take this client now: {0}")]
+    Unavailable(String),
     #[error("unexpected message during login")]
     Unexpected,
     #[error(transparent)]
@@ -181,14 +194,85 @@ impl LoginError {
     }
 }
 
+/// What a server's `LoginOk` said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    pub session_id: u64,
+    /// Joins more connections to this session (all zeros after a join).
+    pub join_key: [u8; JOIN_KEY_LEN],
+    /// Connections the server lets one session have in all.
+    pub max_links: u16,
+}
+
 /// Client side of the login. Returns the session id. Each call spends one link of
-/// `key`'s proof chain, whether or not the login succeeds.
+/// `key`'s proof chain, whether or not the login succeeds. A key bound to other
+/// credentials than these is replaced by a fresh one bound to them first (its id
+/// could never log in with these).
 pub async fn client_handshake<IO: AsyncRead + AsyncWrite + Unpin>(
     ctl: &mut MessageStream<IO>,
     user: Option<&str>,
     token: Option<&Token>,
     key: &mut ClientKey,
 ) -> Result<u64, LoginError> {
+    client_login(ctl, user, token, key, &Introduction::default())
+        .await
+        .map(|a| a.session_id)
+}
+
+/// What a client tells the server about itself at login, for the operator's page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Introduction {
+    /// `pipec --name`, else the machine's host name.
+    pub name: String,
+    /// The server's host as the client dialled it.
+    pub server_host: String,
+}
+
+/// [`client_handshake`], with all the server's `LoginOk` said.
+pub async fn client_login<IO: AsyncRead + AsyncWrite + Unpin>(
+    ctl: &mut MessageStream<IO>,
+    user: Option<&str>,
+    token: Option<&Token>,
+    key: &mut ClientKey,
+    me: &Introduction,
+) -> Result<Admitted, LoginError> {
+    let nonce = hello(ctl).await?;
+    let bound = binding(token, user);
+    if key.binding() != &bound {
+        *key = ClientKey::bound(bound);
+    }
+    let proof = key.next_proof();
+    let join = None;
+    login(ctl, &nonce, user, token, (key.id(), proof, join), me).await
+}
+
+/// Joins this connection to the live session that handed out `join_key`, as one more
+/// link of client `client_id`: the same credentials, no link of the proof chain spent.
+pub async fn client_join<IO: AsyncRead + AsyncWrite + Unpin>(
+    ctl: &mut MessageStream<IO>,
+    user: Option<&str>,
+    token: Option<&Token>,
+    client_id: [u8; CLIENT_ID_LEN],
+    join_key: [u8; JOIN_KEY_LEN],
+) -> Result<Admitted, LoginError> {
+    let nonce = hello(ctl).await?;
+    let zero = [0; PROOF_LEN];
+    let me = Introduction::default();
+    login(
+        ctl,
+        &nonce,
+        user,
+        token,
+        (client_id, zero, Some(join_key)),
+        &me,
+    )
+    .await
+}
+
+/// `Hello` out, `ServerHello` in: the server's login challenge.
+async fn hello<IO: AsyncRead + AsyncWrite + Unpin>(
+    ctl: &mut MessageStream<IO>,
+) -> Result<[u8; NONCE_LEN], LoginError> {
     ctl.send(&Hello {
         magic: MAGIC,
         version: PROTOCOL_VERSION,
@@ -208,10 +292,27 @@ pub async fn client_handshake<IO: AsyncRead + AsyncWrite + Unpin>(
     if let Some(reason) = hello.refusal {
         return Err(LoginError::Refused(reason));
     }
-    let proof = key.next_proof();
-    let client_id = key.id();
+    Ok(hello.nonce)
+}
+
+/// The client id, the proof-chain link and the join key a `Login` carries.
+type LoginIds = (
+    [u8; CLIENT_ID_LEN],
+    [u8; PROOF_LEN],
+    Option<[u8; JOIN_KEY_LEN]>,
+);
+
+/// `Login` out, the server's answer in.
+async fn login<IO: AsyncRead + AsyncWrite + Unpin>(
+    ctl: &mut MessageStream<IO>,
+    nonce: &[u8; NONCE_LEN],
+    user: Option<&str>,
+    token: Option<&Token>,
+    (client_id, proof, join): LoginIds,
+    me: &Introduction,
+) -> Result<Admitted, LoginError> {
     let mac = match token {
-        Some(t) => sign(t, &hello.nonce, &client_id, user),
+        Some(t) => sign(t, nonce, &client_id, user),
         None => [0; NONCE_LEN],
     };
     ctl.send(&ClientMsg::Login {
@@ -219,15 +320,30 @@ pub async fn client_handshake<IO: AsyncRead + AsyncWrite + Unpin>(
         client_id,
         mac,
         proof,
+        join,
+        name: me.name.clone(),
+        server_host: me.server_host.clone(),
     })
     .await?;
     match ctl.recv().await? {
-        ServerMsg::LoginOk { session_id } => Ok(session_id),
-        ServerMsg::LoginRefused { reason } if reason == BAD_TOKEN => Err(LoginError::BadToken),
-        ServerMsg::LoginRefused { reason } if reason == BAD_USER_OR_TOKEN => {
+        ServerMsg::LoginOk {
+            session_id,
+            join_key,
+            max_links,
+        } => Ok(Admitted {
+            session_id,
+            join_key,
+            max_links,
+        }),
+        ServerMsg::LoginRefused {
+            reason,
+            retry: true,
+        } => Err(LoginError::Unavailable(reason)),
+        ServerMsg::LoginRefused { reason, .. } if reason == BAD_TOKEN => Err(LoginError::BadToken),
+        ServerMsg::LoginRefused { reason, .. } if reason == BAD_USER_OR_TOKEN => {
             Err(LoginError::BadUserOrToken)
         }
-        ServerMsg::LoginRefused { reason } => Err(LoginError::Refused(reason)),
+        ServerMsg::LoginRefused { reason, .. } => Err(LoginError::Refused(reason)),
         _ => Err(LoginError::Unexpected),
     }
 }
@@ -248,8 +364,50 @@ pub struct ClientLogin {
     pub client_id: [u8; CLIENT_ID_LEN],
     /// The link of the client's proof chain this login revealed.
     pub proof: [u8; PROOF_LEN],
+    /// What the client id must be bound to: the binding of the token this login was
+    /// checked against. `None` on an open server, which knows no token (a client
+    /// that holds one binds its id to it all the same).
+    pub binding: Option<Binding>,
     /// The client's software version, as it says.
     pub software: String,
+    /// A join of one more connection to a live session (`ClientMsg::Login::join`).
+    pub join: Option<[u8; JOIN_KEY_LEN]>,
+    /// What the client says about itself, made safe to show (`tidy_name`,
+    /// `tidy_host`).
+    pub about: Introduction,
+}
+
+/// A client's name as the operator's page may show it: control characters dropped,
+/// trimmed, at most `MAX_CLIENT_NAME` characters.
+///
+/// ```
+/// assert_eq!(pipe::auth::tidy_name("  lap\u{1b}[2Jtop \n"), "lap[2Jtop");
+/// assert_eq!(pipe::auth::tidy_name(&"x".repeat(500)).len(), 64);
+/// ```
+pub fn tidy_name(name: &str) -> String {
+    let kept: String = name.chars().filter(|c| !c.is_control()).collect();
+    kept.trim().chars().take(MAX_CLIENT_NAME).collect()
+}
+
+/// The server host a client dialled, when it is a host name or an IP address
+/// (optionally bracketed), else empty: it becomes part of an address people copy.
+///
+/// ```
+/// assert_eq!(pipe::auth::tidy_host("tunnel.example.com"), "tunnel.example.com");
+/// assert_eq!(pipe::auth::tidy_host("[::1]"), "[::1]");
+/// assert_eq!(pipe::auth::tidy_host("evil.com/x?y"), "");
+/// assert_eq!(pipe::auth::tidy_host(""), "");
+/// ```
+pub fn tidy_host(host: &str) -> String {
+    let ok = host.len() <= MAX_HOST_NAME
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_:[]".contains(c));
+    if ok {
+        host.to_string()
+    } else {
+        String::new()
+    }
 }
 
 /// Server side of the login, up to (not including) the `LoginOk` reply, which the
@@ -311,6 +469,9 @@ pub async fn server_handshake_named<IO: AsyncRead + AsyncWrite + Unpin>(
         client_id,
         mac,
         proof,
+        join,
+        name,
+        server_host,
     } = ctl.recv().await?
     else {
         return Err(LoginError::Unexpected);
@@ -318,8 +479,8 @@ pub async fn server_handshake_named<IO: AsyncRead + AsyncWrite + Unpin>(
     *asked = user
         .as_deref()
         .map(|u| u.chars().take(MAX_USER_NAME).collect());
-    let (user, err) = match (creds, user) {
-        (Credentials::Open, _) => (None, None),
+    let (user, bound, err) = match (creds, user) {
+        (Credentials::Open, _) => (None, None, None),
         (Credentials::Shared(t), user)
         | (
             Credentials::Users {
@@ -328,9 +489,15 @@ pub async fn server_handshake_named<IO: AsyncRead + AsyncWrite + Unpin>(
             user @ None,
         ) => {
             let ok = verify(t, &nonce, &client_id, user.as_deref(), &mac);
-            (None, (!ok).then_some((BAD_TOKEN, LoginError::BadToken)))
+            let bound = ok.then(|| binding(Some(t), user.as_deref()));
+            (
+                None,
+                bound,
+                (!ok).then_some((BAD_TOKEN, LoginError::BadToken)),
+            )
         }
         (Credentials::Users { shared: None, .. }, None) => (
+            None,
             None,
             Some((NEEDS_USER, LoginError::Refused(NEEDS_USER.into()))),
         ),
@@ -346,12 +513,15 @@ pub async fn server_handshake_named<IO: AsyncRead + AsyncWrite + Unpin>(
                 &mac,
             ) && token.is_some();
             let err = (!ok).then_some((BAD_USER_OR_TOKEN, LoginError::BadUserOrToken));
-            (Some(name), err)
+            // Only once the login is good, so a refusal costs the same either way.
+            let bound = token.filter(|_| ok).map(|t| binding(Some(t), Some(&name)));
+            (Some(name), bound, err)
         }
     };
     if let Some((reason, e)) = err {
         ctl.send(&ServerMsg::LoginRefused {
             reason: reason.into(),
+            retry: false,
         })
         .await?;
         return Err(e);
@@ -360,7 +530,13 @@ pub async fn server_handshake_named<IO: AsyncRead + AsyncWrite + Unpin>(
         user,
         client_id,
         proof,
+        binding: bound,
         software: hello.software,
+        join,
+        about: Introduction {
+            name: tidy_name(&name),
+            server_host: tidy_host(&server_host),
+        },
     })
 }
 
@@ -466,9 +642,13 @@ mod tests {
         let server = async {
             let r = server_handshake(&mut s, creds, None).await;
             if r.is_ok() {
-                s.send(&ServerMsg::LoginOk { session_id: 42 })
-                    .await
-                    .unwrap();
+                s.send(&ServerMsg::LoginOk {
+                    session_id: 42,
+                    join_key: [7; JOIN_KEY_LEN],
+                    max_links: 4,
+                })
+                .await
+                .unwrap();
             }
             r
         };
@@ -481,9 +661,12 @@ mod tests {
         let (c, s) = login(Some("t"), Some("t")).await;
         assert_eq!(c.unwrap(), 42);
         let who = s.unwrap();
+        let bound = who.binding.as_ref().expect("checked against a token");
+        assert_eq!(bound, &binding(Some(&Token::new("t")), None));
         assert!(crate::accounts::proof::binds_to_id(
             &who.proof,
-            &who.client_id
+            &who.client_id,
+            bound
         ));
         assert_eq!(who.user, None);
     }
@@ -497,7 +680,15 @@ mod tests {
         };
         let (c, s) = login_as(creds, Some("alice"), Some("a")).await;
         assert_eq!(c.unwrap(), 42);
-        assert_eq!(s.unwrap().user.as_deref(), Some("alice"));
+        let who = s.unwrap();
+        assert_eq!(who.user.as_deref(), Some("alice"));
+        let bound = who.binding.expect("checked against alice's token");
+        assert_eq!(bound, binding(Some(&Token::new("a")), Some("alice")));
+        assert!(crate::accounts::proof::binds_to_id(
+            &who.proof,
+            &who.client_id,
+            &bound
+        ));
         for (user, token) in [("alice", "b"), ("bob", "a"), ("carol", "a")] {
             let (c, s) = login_as(creds, Some(user), Some(token)).await;
             assert!(
@@ -517,10 +708,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_hostile_name_and_host_are_made_safe_to_show() {
+        let (mut c, mut s) = pair();
+        let server = server_handshake(&mut s, Credentials::Open, None);
+        // The server answers `LoginOk` only once the session is registered, which
+        // this test does not do: the client sends and stops there.
+        let client = async {
+            let _nonce = hello(&mut c).await.unwrap();
+            c.send(&ClientMsg::Login {
+                user: None,
+                client_id: [3; 16],
+                mac: [0; NONCE_LEN],
+                proof: [0; PROOF_LEN],
+                join: None,
+                name: format!("\u{1b}[31mevil\r\n{}", "x".repeat(10_000)),
+                server_host: "evil.example/<script>".into(),
+            })
+            .await
+            .unwrap();
+        };
+        let (s, ()) = tokio::join!(server, client);
+        let about = s.expect("an open server lets it in").about;
+        assert_eq!(about.name.chars().count(), MAX_CLIENT_NAME);
+        assert!(about.name.starts_with("[31mevil"), "{:?}", about.name);
+        assert!(!about.name.chars().any(char::is_control));
+        assert_eq!(about.server_host, "", "not a host: not shown");
+    }
+
+    #[tokio::test]
     async fn open_server_accepts_any_client() {
         let (c, s) = login(None, Some("whatever")).await;
         assert_eq!(c.unwrap(), 42);
-        assert!(s.is_ok());
+        assert_eq!(s.unwrap().binding, None, "an open server knows no token");
     }
 
     #[tokio::test]
@@ -553,6 +772,9 @@ mod tests {
                 client_id: [9; 16],
                 mac: captured,
                 proof: [0; PROOF_LEN],
+                join: None,
+                name: String::new(),
+                server_host: String::new(),
             })
             .await
             .unwrap();

@@ -21,7 +21,7 @@ mod rules;
 mod watch;
 
 pub use json::{admin_base, path_segment, random_label};
-pub use rules::{hash_credentials, RouteRules, VISITOR_HEADER};
+pub use rules::{hash_credentials, RouteRules, SignInRoute, VISITOR_HEADER};
 pub use watch::CHECK_INTERVAL;
 
 use api::{Api, REQUEST_TIMEOUT};

@@ -20,9 +20,10 @@ pub mod protocol;
 pub mod relay;
 pub mod server;
 pub mod signals;
+pub mod signin;
 pub mod transport;
 
 /// `--version` text: the software version and the wire protocol version.
-pub const VERSION_LINE: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol v3)");
+pub const VERSION_LINE: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol v5)");
 // `concat!` takes only literals: bumping the protocol version must update the line above.
-const _: () = assert!(protocol::PROTOCOL_VERSION == 3, "update VERSION_LINE");
+const _: () = assert!(protocol::PROTOCOL_VERSION == 5, "update VERSION_LINE");

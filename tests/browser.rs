@@ -37,8 +37,22 @@ fn artifacts() -> PathBuf {
     dir
 }
 
+/// Kills what is left of a browser's process group when dropped: on a timeout or a
+/// panic too, chromium's renderers and helpers never outlive the test.
+struct Group(i32, PathBuf);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let left = common::webdriver::kill_group(self.0, Some(&self.1));
+        if !left.is_empty() {
+            eprintln!("browser processes {left:?} outlived the test");
+        }
+    }
+}
+
 /// Runs headless Chromium on `url` with a fresh profile and the given extra flags.
 async fn run_chromium(url: &str, extra: &[String]) -> Output {
+    // Declared before the group: removed after its processes are gone.
     let profile = tempfile::tempdir().expect("profile dir");
     let mut cmd = tokio::process::Command::new(chromium());
     cmd.args([
@@ -57,8 +71,16 @@ async fn run_chromium(url: &str, extra: &[String]) -> Output {
     .args(extra)
     .arg(url)
     .env("HOME", profile.path())
+    // Chromium's scratch folders (`org.chromium.Chromium.*`) go in the profile too.
+    .env("TMPDIR", profile.path())
+    .process_group(0)
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
     .kill_on_drop(true);
-    let out = tokio::time::timeout(BROWSER_WAIT, cmd.output())
+    let child = cmd.spawn().expect("chromium runs");
+    let pid = child.id().expect("chromium's pid") as i32;
+    let _group = Group(pid, profile.path().to_path_buf());
+    let out = tokio::time::timeout(BROWSER_WAIT, child.wait_with_output())
         .await
         .expect("chromium did not finish in time")
         .expect("chromium runs");

@@ -138,6 +138,14 @@ async fn bad_client_inputs_exit_2_and_disturb_nothing() {
             "unexpected argument '--bogus'",
         ),
         (
+            with_server(&["--forward", &good, "--name", " "]),
+            "invalid --name \" \": give 1 to 64 characters, no control characters",
+        ),
+        (
+            with_server(&["--forward", &good, "--name", &"n".repeat(65)]),
+            "give 1 to 64 characters",
+        ),
+        (
             with_server(&["--config", "/nonexistent/pipec.toml"]),
             "cannot read config /nonexistent/pipec.toml",
         ),
@@ -292,4 +300,111 @@ fn a_port_that_cannot_be_bound_is_a_runtime_failure_exit_1() {
         err.contains(&format!("cannot listen on the control address {addr}")),
         "{err}"
     );
+}
+
+/// Natural mistakes get a message that says what is wrong and what to write instead
+/// (the exact text), exit 2, and nothing on stdout.
+#[test]
+fn natural_mistakes_are_named_with_their_fix() {
+    let pipec = |rest: &[&str]| -> Vec<String> {
+        let mut v = vec![s("--server"), s("127.0.0.1:1")];
+        v.extend(rest.iter().map(|a| a.to_string()));
+        v
+    };
+    let cases: [(Vec<String>, &str); 6] = [
+        (
+            pipec(&["--forward", "tcp:localhost:3000"]),
+            "invalid forward \"tcp:localhost:3000\": \"localhost\" is not a port; with a local \
+             host give both ports, tcp:localhost:3000:REMOTE_PORT (tcp:localhost:3000:0 lets \
+             the server pick the remote port)",
+        ),
+        (
+            pipec(&["--forward", "3000:9000"]),
+            "invalid forward \"3000:9000\": it names no protocol; write tcp:3000:9000 (or \
+             udp:3000:9000)",
+        ),
+        (
+            pipec(&["--forward", "tcp:3000:99999"]),
+            "invalid remote port \"99999\" in forward \"tcp:3000:99999\": a port is a number \
+             from 0 to 65535 (0 lets the server pick one)",
+        ),
+        (
+            pipec(&["--forward", "udp:70000:53"]),
+            "invalid local port \"70000\" in forward \"udp:70000:53\": a port is a number from \
+             1 to 65535",
+        ),
+        (
+            pipec(&["--forward", "tcp:3000:0", "--speed-limit", "10", "MB"]),
+            "error: \"10 MB\" is two arguments: write the rate without a space, --speed-limit \
+             10MB",
+        ),
+        (
+            pipec(&["--forward", "tcp:3000:0,colour=red"]),
+            "unknown option \"colour\" (name, allow, deny, basic-auth, auth, oidc-allow, proxy-protocol, \
+             inspect, speed-limit; see pipec --help)",
+        ),
+    ];
+    for (args, why) in &cases {
+        expect_usage_error(pipec_bin(), args, why);
+    }
+    let piped_cases: [(Vec<String>, &str); 3] = [
+        (
+            vec![s("--listen"), s("8910x")],
+            "error: invalid listen \"8910x\": expected PORT or HOST:PORT, e.g. 8910 or \
+             127.0.0.1:8910",
+        ),
+        (
+            vec![
+                s("--listen"),
+                s("127.0.0.1:0"),
+                s("--admin"),
+                s("localhost:88888"),
+            ],
+            "error: invalid admin \"localhost:88888\": the port is a number from 0 to 65535",
+        ),
+        (
+            vec![
+                s("--listen"),
+                s("127.0.0.1:0"),
+                s("--speed-limit=1.5"),
+                s("GiB"),
+            ],
+            "error: \"1.5 GiB\" is two arguments: write the rate without a space, \
+             --speed-limit 1.5GiB",
+        ),
+    ];
+    for (args, why) in &piped_cases {
+        expect_usage_error(piped_bin(), args, why);
+    }
+}
+
+/// `pipec --help` explains forwards: the spec, examples, and every `,KEY=VALUE`
+/// option with an example; `-h` stays short and points to it.
+#[test]
+fn the_help_lists_every_forward_option_with_an_example() {
+    let help_of = |flag: &str| {
+        let out = std::process::Command::new(pipec_bin())
+            .arg(flag)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pipec {flag}: {}", out.status);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let help = help_of("--help");
+    for e in ["tcp:3000:9000", "udp:127.0.0.1:53:5353", "http:3000:myapp"] {
+        assert!(help.contains(e), "--help lacks the example {e}:\n{help}");
+    }
+    for (opt, _, example) in pipe::config::cli::FORWARD_OPTIONS {
+        assert!(help.contains(opt), "--help lacks {opt}:\n{help}");
+        assert!(
+            help.contains(&format!("e.g. {example}")),
+            "--help lacks {example}"
+        );
+    }
+    let short = help_of("-h");
+    assert!(
+        short.contains("options follow as SPEC,KEY=VALUE (see --help)"),
+        "{short}"
+    );
+    assert!(!short.contains("basic-auth="), "{short}");
 }

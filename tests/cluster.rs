@@ -87,7 +87,7 @@ fn cluster_flags_are_checked_before_anything_starts() {
                 "--peer-listen",
                 "127.0.0.1:0",
             ],
-            "--token",
+            "--cluster-secret",
         ),
         (
             &[
@@ -97,8 +97,8 @@ fn cluster_flags_are_checked_before_anything_starts() {
                 "a",
                 "--peer-listen",
                 "0",
-                "--token",
-                TOKEN,
+                "--cluster-secret",
+                SECRET,
             ],
             "invalid cluster URL",
         ),
@@ -110,8 +110,8 @@ fn cluster_flags_are_checked_before_anything_starts() {
                 "a b",
                 "--peer-listen",
                 "0",
-                "--token",
-                TOKEN,
+                "--cluster-secret",
+                SECRET,
             ],
             "invalid node name",
         ),
@@ -143,7 +143,7 @@ fn an_unreachable_directory_at_start_exits_1_and_names_it() {
     let url = format!("redis://127.0.0.1:{port}/");
     let out = std::process::Command::new(piped_bin())
         .args(["--listen", "127.0.0.1:0", "--cluster", &url, "--node", "a"])
-        .args(["--peer-listen", "127.0.0.1:0", "--token", TOKEN])
+        .args(["--peer-listen", "127.0.0.1:0", "--cluster-secret", SECRET])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -21,6 +21,39 @@ fn holder(node: &str, owner: &str, tunnel: u64) -> Holder {
 /// A lease no test outlives unless it lets it expire.
 const LONG: Duration = Duration::from_secs(60);
 
+fn node(name: &str) -> NodeInfo {
+    NodeInfo {
+        name: name.into(),
+        peer: "127.0.0.2:9200".into(),
+        seen: 0,
+        every_ms: 100,
+        lease_ms: 0,
+        since_renewal: None,
+    }
+}
+
+/// One claim's renewal, as its node's renewal round sees it.
+async fn renew(d: &dyn Directory, key: &ClaimKey, h: &Holder) -> Renewed {
+    let held = [(key.clone(), h.clone())];
+    let mut got = d.renew_all(&node(&h.node), &held, LONG).await.unwrap();
+    got.pop().unwrap()
+}
+
+/// A Redis that starts empty opens its first epoch with a grace of the first
+/// caller's lease: a 1 ms one here, so the tests' claims are not held for a minute.
+async fn open_epoch(d: &dyn Directory) {
+    let (key, h) = (ClaimKey::Tcp(1), holder("x", "x/0", 0));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match d.claim(&key, &h, Duration::from_millis(1)).await.unwrap() {
+            Claimed::Granted => return,
+            Claimed::Recovering(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            other => panic!("{other:?}"),
+        }
+        assert!(Instant::now() < deadline, "the epoch's grace never ended");
+    }
+}
+
 /// One owner per key, takeover by the same owner from any node, compare-and-delete.
 async fn claims_are_unique_and_owned(a: &dyn Directory, b: &dyn Directory) {
     let key = ClaimKey::Tcp(9000);
@@ -38,8 +71,8 @@ async fn claims_are_unique_and_owned(a: &dyn Directory, b: &dyn Directory) {
     assert_eq!(b.lookup(&key).await.unwrap(), Some(alice_a.clone()));
     // Nobody but the holder releases or renews it.
     assert!(!b.release(&key, &bob_b).await.unwrap());
-    assert!(!b.renew(&key, &bob_b, LONG).await.unwrap());
-    assert!(a.renew(&key, &alice_a, LONG).await.unwrap());
+    assert_eq!(renew(b, &key, &bob_b).await, Renewed::Lost(alice_a.clone()));
+    assert_eq!(renew(a, &key, &alice_a).await, Renewed::Kept);
     // The same owner reconnected to node b takes it over; node a's hold is gone.
     let alice_b = holder("b", "alice/c1", 9);
     assert_eq!(
@@ -47,7 +80,10 @@ async fn claims_are_unique_and_owned(a: &dyn Directory, b: &dyn Directory) {
         Claimed::Granted
     );
     assert_eq!(a.lookup(&key).await.unwrap(), Some(alice_b.clone()));
-    assert!(!a.renew(&key, &alice_a, LONG).await.unwrap());
+    assert_eq!(
+        renew(a, &key, &alice_a).await,
+        Renewed::Lost(alice_b.clone())
+    );
     assert!(!a.release(&key, &alice_a).await.unwrap());
     // Kinds are separate spaces: udp 9000 and a subdomain are free.
     let udp = ClaimKey::Udp(9000);
@@ -79,6 +115,7 @@ async fn the_redis_directory_keeps_the_rules_across_nodes() {
     let redis = Redis::start();
     let a = RedisDirectory::connect(&redis.url()).await.unwrap();
     let b = RedisDirectory::connect(&redis.url()).await.unwrap();
+    open_epoch(&a).await;
     claims_are_unique_and_owned(&a, &b).await;
 }
 
@@ -102,6 +139,7 @@ async fn a_claim_nobody_renews_expires_with_its_lease() {
     let b = RedisDirectory::connect(&redis.url()).await.unwrap();
     let key = ClaimKey::Tcp(9100);
     let lease = Duration::from_millis(300);
+    open_epoch(&a).await;
     let started = Instant::now();
     assert_eq!(
         a.claim(&key, &holder("a", "alice/c1", 1), lease)
@@ -126,11 +164,6 @@ async fn a_claim_nobody_renews_expires_with_its_lease() {
     assert_eq!(b.claim(&key, &bob, LONG).await.unwrap(), Claimed::Granted);
 
     // Nodes register under a lease too.
-    let node = |name: &str| NodeInfo {
-        name: name.into(),
-        peer: format!("127.0.0.2:{}", 9200),
-        seen: 0,
-    };
     a.register_node(&node("a"), lease).await.unwrap();
     b.register_node(&node("b"), LONG).await.unwrap();
     let names = |v: Vec<NodeInfo>| v.into_iter().map(|n| n.name).collect::<Vec<_>>();
@@ -156,8 +189,40 @@ async fn other_nodes_see_claims_and_releases_as_they_happen() {
     let a = RedisDirectory::connect(&redis.url()).await.unwrap();
     let b = RedisDirectory::connect(&redis.url()).await.unwrap();
     let mut events = b.subscribe();
-    // The subscription announces itself with a resync; claims before it are read whole.
-    assert_eq!(next(&mut events).await, DirEvent::Resync);
+    open_epoch(&a).await;
+    // The subscription announces itself with a resync (claims before it are read
+    // whole), perhaps before this receiver existed: a claim's event shows it is live.
+    let mut live = false;
+    for n in 0..40u16 {
+        let probe = ClaimKey::Tcp(1000 + n);
+        a.claim(&probe, &holder("a", "probe/0", 0), LONG)
+            .await
+            .unwrap();
+        let wait = tokio::time::timeout(Duration::from_millis(250), async {
+            loop {
+                match next(&mut events).await {
+                    DirEvent::Resync => continue,
+                    other => return other,
+                }
+            }
+        });
+        if let Ok(ev) = wait.await {
+            assert!(
+                matches!(ev, DirEvent::Claimed(ClaimKey::Tcp(_), _)),
+                "{ev:?}"
+            );
+            live = true;
+            break;
+        }
+    }
+    assert!(live, "no claim was ever announced");
+    // Events of the probes that raced the subscription may still come: drain them.
+    while let Ok(ev) = tokio::time::timeout(Duration::from_millis(100), next(&mut events)).await {
+        assert!(matches!(
+            ev,
+            DirEvent::Claimed(ClaimKey::Tcp(_), _) | DirEvent::Resync
+        ));
+    }
     let key = ClaimKey::Subdomain("live".into());
     let h = holder("a", "alice/c1", 3);
     a.claim(&key, &h, LONG).await.unwrap();
@@ -182,6 +247,7 @@ async fn redis_down_is_unavailable_quickly_and_redis_back_is_used_again() {
     let mut events = a.subscribe();
     let key = ClaimKey::Tcp(9300);
     let h = holder("a", "alice/c1", 1);
+    open_epoch(&a).await;
     assert_eq!(a.claim(&key, &h, LONG).await.unwrap(), Claimed::Granted);
 
     redis.stop();
@@ -194,14 +260,22 @@ async fn redis_down_is_unavailable_quickly_and_redis_back_is_used_again() {
         assert!(t.elapsed() < DIR_CALL_TIMEOUT * 3, "{:?}", t.elapsed());
     }
 
-    // Back (empty, as after a restart without persistence): calls work again, and
-    // subscribers are told to read the directory whole.
+    // Back, empty, as after a restart without persistence: a new epoch. A key it
+    // forgot is granted to nobody for a lease (its holder may still serve it)...
     redis.restart();
-    eventually("claims work again", || async {
-        a.claim(&key, &h, LONG).await.is_ok()
+    let bob = holder("b", "bob/c2", 2);
+    eventually("calls work again", || async {
+        a.claim(&key, &bob, LONG).await.is_ok()
     })
     .await;
-    assert_eq!(a.lookup(&key).await.unwrap(), Some(h));
+    assert!(
+        matches!(a.claim(&key, &bob, LONG).await.unwrap(), Claimed::Recovering(left) if left > LONG / 2),
+        "a forgotten key went to another owner"
+    );
+    // ...while its holder's next renewal writes it back, after which it is plainly taken.
+    assert_eq!(renew(&a, &key, &h).await, Renewed::Reasserted);
+    assert_eq!(a.lookup(&key).await.unwrap(), Some(h.clone()));
+    assert_eq!(a.claim(&key, &bob, LONG).await.unwrap(), Claimed::Taken(h));
     let deadline = Instant::now() + WAIT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

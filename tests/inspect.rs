@@ -192,13 +192,7 @@ async fn replay_sends_the_request_again_and_records_the_fresh_answer() {
         .await
         .json();
     let id = list[0]["id"].as_u64().unwrap();
-    let r = http(
-        pair.inspect,
-        "POST",
-        &format!("/api/requests/{id}/replay"),
-        None,
-    )
-    .await;
+    let r = replay(pair.inspect, id, None).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let new = r.json()["id"].as_u64().unwrap();
     let d = http(pair.inspect, "GET", &format!("/api/requests/{new}"), None)
@@ -206,8 +200,21 @@ async fn replay_sends_the_request_again_and_records_the_fresh_answer() {
         .json();
     assert_eq!(d["replay_of"].as_u64(), Some(id));
     assert_eq!(d["response_body_hex"].as_str().unwrap(), hex(b"fresh 2"));
-    let missing = http(pair.inspect, "POST", "/api/requests/999999/replay", None).await;
+    let missing = replay(pair.inspect, 999_999, None).await;
     assert_eq!(missing.status, 404);
+}
+
+/// `POST /api/requests/{id}/replay` as a script sends it: JSON (`{}`: no edits), which
+/// no other site's page can send without asking first.
+async fn replay(inspect: SocketAddr, id: u64, token: Option<&str>) -> common::http::Resp {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "POST /api/requests/{id}/replay HTTP/1.1\r\nHost: {inspect}\r\n{auth}\
+         Content-Type: application/json\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    common::http::raw(inspect, &req).await
 }
 
 fn hex(b: &[u8]) -> String {
@@ -428,14 +435,17 @@ async fn an_inspect_token_guards_the_api_while_the_page_asks_for_it() {
         let r = http(inspect, "GET", "/api/requests", token).await;
         assert_eq!(r.status, 401, "{token:?}");
         assert!(r.body.contains("needs its token"), "{}", r.body);
-        let r = http(inspect, "POST", "/api/requests/1/replay", token).await;
+        let r = replay(inspect, 1, token).await;
+        assert_eq!(r.status, 401, "{token:?}");
+        let r = http(inspect, "DELETE", "/api/requests", token).await;
         assert_eq!(r.status, 401, "{token:?}");
     }
     let page = http(inspect, "GET", "/", None).await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains("id=\"auth-form\""));
 
-    // With the token: the one exchange, not replayed by the refused attempts above.
+    // With the token: the one exchange, not replayed nor cleared by the refused
+    // attempts above.
     let list = http(inspect, "GET", "/api/requests", Some("inspect-secret-7")).await;
     assert_eq!(list.status, 200);
     let list = list.json();
@@ -444,4 +454,270 @@ async fn an_inspect_token_guards_the_api_while_the_page_asks_for_it() {
     // The tunnel is untouched by the refusals.
     let again = converse(port, &[b"GET /n/2 HTTP/1.1\r\nHost: x\r\n\r\n"], None).await;
     assert!(again.starts_with(b"HTTP/1.1 200"));
+}
+
+/// One request on a fresh connection through `port`; the local address it came from
+/// (the visitor the inspector must name) and the whole answer.
+async fn visit(port: u16, request: &[u8]) -> (SocketAddr, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let me = s.local_addr().unwrap();
+    s.write_all(request).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    (me, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_exchange_names_its_visitor_tunnel_time_and_sizes() {
+    let service = common::httpsvc::start(Arc::new(Vec::new())).await;
+    let pair = start_pair(service);
+    let before_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let request = b"POST /sized HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
+    let (me, answer) = visit(pair.inspected, request).await;
+    assert!(answer.ends_with(b"ok /sized 5"), "{answer:?}");
+    let list = http(pair.inspect, "GET", "/api/requests", None)
+        .await
+        .json();
+    let d = http(
+        pair.inspect,
+        "GET",
+        &format!("/api/requests/{}", list[0]["id"]),
+        None,
+    )
+    .await
+    .json();
+    for e in [&list[0], &d] {
+        assert_eq!(e["visitor"], me.to_string(), "the real visitor: {e}");
+        assert_eq!(e["tunnel"], format!("tcp:127.0.0.1:{service}:0"));
+        assert_eq!(e["request_bytes"].as_u64(), Some(request.len() as u64));
+        assert_eq!(e["response_bytes"].as_u64(), Some(answer.len() as u64));
+        let started = e["started_ms"].as_u64().unwrap();
+        assert!(
+            started + 1000 >= before_ms,
+            "wall clock: {started} vs {before_ms}"
+        );
+        assert!(e["done_ms"].as_u64().is_some(), "a duration");
+    }
+    // The list leaves the bodies out; the detail has them and a curl command.
+    assert!(list[0].get("request_body_hex").is_none());
+    assert_eq!(d["request_body_hex"], hex(b"hello"));
+    let curl = d["curl"].as_str().unwrap();
+    assert!(
+        curl.starts_with(&format!("curl 'http://127.0.0.1:{service}/sized'")),
+        "{curl}"
+    );
+    assert!(curl.ends_with("--data-binary 'hello'"), "{curl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_filters_narrow_the_list_and_bad_values_are_a_clear_400() {
+    let service = common::httpsvc::start(Arc::new(Vec::new())).await;
+    let pair = start_pair(service);
+    for request in [
+        &b"GET /alpha HTTP/1.1\r\nHost: x\r\nX-Colour: Turquoise\r\n\r\n"[..],
+        b"POST /beta HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\nNeedle-in-it",
+        b"GET /json HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        visit(pair.inspected, request).await;
+    }
+    let urls = |v: serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["url"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (query, want) in [
+        ("q=turquoise", vec!["/alpha"]),
+        ("q=x-colour", vec!["/alpha"]),
+        ("q=NEEDLE", vec!["/beta"]),
+        ("q=post", vec!["/beta"]),
+        ("q=%22items%22", vec!["/json"]),
+        ("q=application%2Fjson", vec!["/json"]),
+        ("q=HTTP", vec![]),
+        ("q=200&status=2xx", vec!["/json", "/beta", "/alpha"]),
+        ("q=alpha&status=404", vec![]),
+        ("q=", vec!["/json", "/beta", "/alpha"]),
+    ] {
+        let r = http(pair.inspect, "GET", &format!("/api/requests?{query}"), None).await;
+        assert_eq!(r.status, 200, "{query}: {}", r.body);
+        assert_eq!(urls(r.json()), want, "{query}");
+    }
+    let long = "x".repeat(257);
+    for (query, says) in [
+        (format!("q={long}"), "q is at most 256 bytes (got 257)"),
+        ("status=123456789".to_string(), "status is at most 8 bytes"),
+        ("q=a&q=b".to_string(), "duplicate field `q`"),
+    ] {
+        let r = http(pair.inspect, "GET", &format!("/api/requests?{query}"), None).await;
+        assert_eq!(r.status, 400, "{query}: {}", r.body);
+        assert!(r.body.contains(says), "{query}: {}", r.body);
+    }
+    // At the cap exactly: accepted.
+    let r = http(
+        pair.inspect,
+        "GET",
+        &format!("/api/requests?q={}", "x".repeat(256)),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_empties_the_list_and_recording_goes_on() {
+    let service = common::httpsvc::start(Arc::new(Vec::new())).await;
+    let pair = start_pair(service);
+    visit(pair.inspected, b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    visit(pair.inspected, b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let req = format!(
+        "DELETE /api/requests HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        pair.inspect
+    );
+    let r = common::http::raw(pair.inspect, &req).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["cleared"], 2);
+    let list = http(pair.inspect, "GET", "/api/requests", None)
+        .await
+        .json();
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+    let stats = http(pair.inspect, "GET", "/api/stats", None).await.json();
+    assert_eq!(stats["kept"], 0);
+    visit(pair.inspected, b"GET /three HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let list = http(pair.inspect, "GET", "/api/requests", None)
+        .await
+        .json();
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(list[0]["url"], "/three");
+    assert_eq!(list[0]["id"], 3, "ids go on");
+}
+
+/// A service that records the raw bytes of every request it reads (head by httparse,
+/// body by Content-Length) and answers each with a chunked `ok`, keeping the
+/// connection open: whoever reads the answer must find its end by its framing.
+async fn recording_service() -> (u16, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let mut hs = [httparse::EMPTY_HEADER; 32];
+                    let mut req = httparse::Request::new(&mut hs);
+                    let parsed = req.parse(&buf);
+                    if let Ok(httparse::Status::Complete(n)) = parsed {
+                        let len: usize = req
+                            .headers
+                            .iter()
+                            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                            .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= n + len {
+                            let raw: Vec<u8> = buf.drain(..n + len).collect();
+                            let _ = tx.send(raw);
+                            let answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+                            if s.write_all(answer).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                    } else if parsed.is_err() {
+                        return;
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (port, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_sends_the_recorded_head_and_body_byte_for_byte() {
+    let (service, mut seen) = recording_service().await;
+    let pair = start_pair(service);
+    // Odd but valid: lower-case names, extra spaces, a binary body with a quote.
+    let request: &[u8] = b"PUT /thing?a=1&b='2' HTTP/1.1\r\nhost: svc.example\r\n\
+x-odd:   spaced value\r\nContent-Type: application/octet-stream\r\n\
+Content-Length: 8\r\n\r\n\x00\x01\xff'\r\n\"z";
+    let mut s = TcpStream::connect(("127.0.0.1", pair.inspected))
+        .await
+        .unwrap();
+    s.write_all(request).await.unwrap();
+    let want_answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+    let mut answer = vec![0u8; want_answer.len()];
+    tokio::time::timeout(WAIT, s.read_exact(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer, want_answer);
+    let original = tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(original, request, "the tunnel passes it untouched");
+
+    let list = http(pair.inspect, "GET", "/api/requests", None)
+        .await
+        .json();
+    let id = list[0]["id"].as_u64().unwrap();
+    // The service keeps the connection open: the replay ends by the chunked framing.
+    let r = replay(pair.inspect, id, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let again = tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        again,
+        original,
+        "replayed {:?}",
+        String::from_utf8_lossy(&again)
+    );
+    let new = r.json()["id"].as_u64().unwrap();
+    let d = http(pair.inspect, "GET", &format!("/api/requests/{new}"), None)
+        .await
+        .json();
+    assert_eq!(d["replay_of"].as_u64(), Some(id));
+    assert_eq!(d["status"], 200);
+    assert_eq!(d["response_body_hex"], hex(b"ok"));
+    assert!(d["visitor"].is_null(), "a replay has no visitor");
+    drop(s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_visitor_is_the_one_a_trusted_proxy_names_and_the_tunnel_its_name() {
+    let service = common::httpsvc::start(Arc::new(Vec::new())).await;
+    let server = Piped::start(&["--accept-proxy-protocol", "127.0.0.1/32"]);
+    let fwd = format!("tcp:127.0.0.1:{service}:0,inspect=true,name=web");
+    let mut client = Pipec::spawn(
+        server.addr,
+        &["--inspect", "127.0.0.1:0", "--forward", &fwd],
+    );
+    let line = client.proc.wait_line("inspect on http://", WAIT);
+    let inspect: SocketAddr = line["inspect on http://".len()..].parse().unwrap();
+    let port = client.wait_forwarding();
+    let request = format!(
+        "PROXY TCP4 203.0.113.7 127.0.0.1 4444 {port}\r\nGET /behind-lb HTTP/1.1\r\nHost: x\r\n\r\n"
+    );
+    let (me, answer) = visit(port, request.as_bytes()).await;
+    assert!(answer.ends_with(b"ok /behind-lb 0"), "{answer:?}");
+    let list = http(inspect, "GET", "/api/requests", None).await.json();
+    assert_eq!(list[0]["url"], "/behind-lb");
+    assert_eq!(list[0]["visitor"], "203.0.113.7:4444", "not {me}");
+    assert_eq!(list[0]["tunnel"], "web");
 }

@@ -147,3 +147,105 @@ async fn no_colours_when_stderr_is_not_a_terminal() {
     assert!(err.contains("bad token"), "{err}");
     assert!(!err.contains('\u{1b}'), "escape codes in a pipe: {err:?}");
 }
+
+/// A yamux frame header (version 0): type, flags, stream id, length.
+fn yamux_header(kind: u8, flags: u16, stream: u32, len: u32) -> Vec<u8> {
+    let mut h = vec![0, kind];
+    h.extend_from_slice(&flags.to_be_bytes());
+    h.extend_from_slice(&stream.to_be_bytes());
+    h.extend_from_slice(&len.to_be_bytes());
+    h
+}
+
+/// What a broken or hostile client may send on the control port: yamux protocol
+/// violations that yamux itself reports at `error` (a new stream with a server's
+/// even id, a pong nobody asked for, a stream opened twice) and plain garbage.
+fn violations() -> Vec<Vec<u8>> {
+    const DATA: u8 = 0;
+    const WINDOW_UPDATE: u8 = 1;
+    const PING: u8 = 2;
+    const SYN: u16 = 1;
+    const ACK: u16 = 2;
+    let twice = [
+        yamux_header(WINDOW_UPDATE, SYN, 1, 0),
+        yamux_header(WINDOW_UPDATE, SYN, 1, 0),
+    ]
+    .concat();
+    vec![
+        yamux_header(DATA, SYN, 2, 0),
+        yamux_header(PING, ACK, 0, 7),
+        twice,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        vec![0xff; 64],
+    ]
+}
+
+/// A client's protocol violations are its own problem: however many it commits, piped
+/// writes no ERROR line; yamux's reports of them come out as INFO, rate-limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_client_cannot_write_error_lines() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const ATTEMPTS: usize = 60;
+    /// The bridge's budget for yamux lines per minute (src/logging.rs).
+    const PEER_LOG_BURST: usize = 10;
+    let mut args = vec![s("--listen"), s("127.0.0.1:0"), s("--token"), s("right")];
+    args.extend([s("--bind-addr"), s("127.0.0.1")]);
+    // RUST_LOG=info, as an operator would run it: yamux's own targets at INFO included.
+    let mut server = Proc::spawn_env(piped_bin(), &args, &[("RUST_LOG", "info")]);
+    let line = server.wait_line("listening on ", WAIT);
+    let addr: std::net::SocketAddr = line["listening on ".len()..].parse().unwrap();
+    let kinds = violations();
+    for i in 0..ATTEMPTS {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(&kinds[i % kinds.len()]).await.unwrap();
+        // piped ends the session: wait for that, so every violation has been seen.
+        let mut sink = Vec::new();
+        let ended = tokio::time::timeout(WAIT, c.read_to_end(&mut sink)).await;
+        assert!(ended.is_ok(), "attempt {i}: piped kept the session open");
+    }
+    // Stop piped so that everything it wrote is read.
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(WAIT), 0);
+    let err = server.stderr();
+    assert!(!err.contains("ERROR"), "a client wrote ERROR lines:\n{err}");
+    let from_yamux: Vec<&str> = err.lines().filter(|l| l.contains("yamux")).collect();
+    assert!(
+        !from_yamux.is_empty() && from_yamux.len() <= PEER_LOG_BURST,
+        "{} yamux lines (1 to {PEER_LOG_BURST} expected):\n{err}",
+        from_yamux.len()
+    );
+    assert!(
+        from_yamux.iter().all(|l| l.contains(" INFO ")),
+        "{from_yamux:#?}"
+    );
+}
+
+/// `RUST_LOG=` (set but empty, as docker-compose and systemd units often pass it) is
+/// the default filter, not an empty one that hides everything: piped's start-up
+/// warning and summary still reach stderr; with `-q`, the warning alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_rust_log_means_the_default_level() {
+    const OPEN: &str = "no token set: this server is open to any client";
+    for (extra, info) in [(None, true), (Some("-q"), false)] {
+        let mut args = vec![s("--listen"), s("127.0.0.1:0")];
+        args.extend(extra.map(s));
+        let mut p = Proc::spawn_env(piped_bin(), &args, &[("RUST_LOG", "")]);
+        p.wait_line("listening on ", WAIT);
+        eventually(WAIT, "the open-server warning", || {
+            p.stderr()
+                .lines()
+                .any(|l| l.contains("WARN") && l.contains(OPEN))
+        })
+        .await;
+        if info {
+            eventually(WAIT, "the start-up summary", || {
+                p.stderr().contains("auth open (no token)")
+            })
+            .await;
+        } else {
+            p.signal("TERM");
+            assert_eq!(p.wait_exit(WAIT), 0);
+            assert!(!p.stderr().contains("INFO"), "{}", p.stderr());
+        }
+    }
+}

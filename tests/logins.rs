@@ -5,9 +5,8 @@
 mod common;
 
 use common::http::http;
-use common::login::{login_from, Attempt};
+use common::login::{key_for, login_from, Attempt};
 use common::*;
-use pipe::accounts::proof::ClientKey;
 use std::time::{Duration, Instant};
 
 const TA: &str = "alice-0123456789abcdef0123456789abcdef";
@@ -59,6 +58,7 @@ async fn guessing_from_one_address_is_slowed_and_nobody_else_notices() {
             token: "a-wrong-guess-a-wrong-guess",
             client_id: [1; 16],
             proof: [0; 32],
+            join: None,
         };
         let answer = login_from(GUESSER, server.addr, &wrong).await.result;
         // A refusal in ServerHello reads as pipec shows it.
@@ -74,7 +74,7 @@ async fn guessing_from_one_address_is_slowed_and_nobody_else_notices() {
         if Instant::now() >= next_check {
             next_check += Duration::from_secs(2);
             // A valid user from another address gets in at once...
-            let mut key = ClientKey::generate();
+            let mut key = key_for(Some("alice"), TA);
             let t = Instant::now();
             let ok = login_from(
                 OTHER,
@@ -84,13 +84,16 @@ async fn guessing_from_one_address_is_slowed_and_nobody_else_notices() {
                     token: TA,
                     client_id: key.id(),
                     proof: key.next_proof(),
+                    join: None,
                 },
             )
             .await;
             let took = t.elapsed();
             assert!(ok.result.is_ok(), "valid login refused: {:?}", ok.result);
             slowest_other = slowest_other.max(took);
-            assert!(took < Duration::from_secs(1), "valid login took {took:?}");
+            // Far below the cool-off (30 s) this guards against, far above a busy
+            // machine's scheduling delays.
+            assert!(took < Duration::from_secs(5), "valid login took {took:?}");
             // ...and the established session from the guessing address carries on.
             assert_eq!(echo_roundtrip(ports[0], b"carrying").await, b"carrying");
         }

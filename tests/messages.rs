@@ -26,11 +26,13 @@ async fn a_down_local_service_is_one_warning_per_forward_not_one_per_visitor() {
         2,
     );
     for _ in 0..5 {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", ports[0]))
-            .await
-            .unwrap();
+        // The visitor is reset (the local service refused): so fast on loopback that
+        // the reset may already be the outcome of connect.
+        let mut s = match tokio::net::TcpStream::connect(("127.0.0.1", ports[0])).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => continue,
+            r => r.unwrap(),
+        };
         let mut buf = [0u8; 1];
-        // The visitor is closed on: nothing is there to answer.
         let r = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut s, &mut buf)).await;
         assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "{r:?}");
     }
@@ -332,4 +334,110 @@ async fn the_one_liner_works_against_the_default_port() {
     );
     assert!(err.contains(&want), "{err}");
     server.proc.signal("TERM");
+}
+
+/// A UDP forward whose local service is down says so like a TCP one: one WARN line
+/// naming the address and what to check, however many datagrams come back refused;
+/// the forward stays up and another forward of the client is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_local_udp_service_is_one_warning_not_silence() {
+    let down = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    };
+    let echo = udp_echo().await;
+    let server = Piped::start(&[]);
+    let (client, ports) = Pipec::start(
+        server.addr,
+        &[
+            "--forward",
+            &format!("udp:127.0.0.1:{down}:0"),
+            "--forward",
+            &format!("udp:127.0.0.1:{echo}:0"),
+        ],
+        2,
+    );
+    let want = format!(
+        "127.0.0.1:{down} refused the datagrams (nothing listens on that udp port): is the \
+         service running?"
+    );
+    let visitors: Vec<tokio::net::UdpSocket> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            s.connect(("127.0.0.1", ports[0])).await.unwrap();
+            v.push(s);
+        }
+        v
+    };
+    // Datagrams are fire-and-forget: keep sending (bounded) until the warning shows.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !client.proc.stderr().contains(&want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no warning within {WAIT:?}:\n{}",
+            client.proc.stderr()
+        );
+        for v in &visitors {
+            v.send(b"anyone there?").await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..10 {
+        for v in &visitors {
+            v.send(b"still?").await.unwrap();
+        }
+    }
+    // The other forward still carries.
+    let e = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    e.connect(("127.0.0.1", ports[1])).await.unwrap();
+    e.send(b"up").await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(WAIT, e.recv(&mut buf))
+        .await
+        .expect("the echo forward answers")
+        .unwrap();
+    assert_eq!(&buf[..n], b"up");
+    let err = client.proc.stderr();
+    assert_eq!(err.matches(&want).count(), 1, "{err}");
+    assert!(
+        err.lines().any(|l| l.contains(&want) && l.contains("WARN")),
+        "{err}"
+    );
+}
+
+/// A pinned fingerprint that is not the server's: exit 1, naming both fingerprints and
+/// where to find the right one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_pinned_fingerprint_names_both_and_where_to_look() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Piped::start(&[
+        "--tls-self-signed",
+        "--state-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let got = server
+        .proc
+        .seen
+        .iter()
+        .find_map(|l| l.strip_prefix("tls fingerprint "))
+        .expect("a tls fingerprint line")
+        .to_string();
+    let want = format!("sha256:{}", "0f".repeat(32));
+    let mut c = Pipec::spawn(
+        server.addr,
+        &["--tls-fingerprint", &want, "--forward", "tcp:3000:0"],
+    );
+    assert_eq!(c.proc.wait_exit(WAIT), 1, "{}", c.proc.stderr());
+    let err = c.proc.stderr();
+    let said = format!(
+        "the server's certificate is {got}, but --tls-fingerprint pins {want}: pass the \
+         fingerprint piped printed at start (its \"tls fingerprint sha256:...\" line); if piped \
+         still prints {want}, something else is answering at this address"
+    );
+    assert!(err.contains(&said), "{err}");
+    assert!(
+        !err.contains("Mismatch") && !err.contains("Other("),
+        "{err}"
+    );
 }

@@ -1,7 +1,7 @@
 //! The bulk side of the load generator (issues 15 and 16), run as processes of their own
 //! like the ones in `load`:
 //!
-//! - `backend`: the local service of the memory, stall and inspector workloads. The first
+//! - `backend`: the local service of the memory, stall, inspector and wan workloads. The first
 //!   byte a connection sends picks what it gets: `U` a sink (reads to the end, then
 //!   answers with the byte count), `D` an endless download, `G` one HTTP/1.1 response of
 //!   the size the path asks for (`GET /33554432`), anything else the echo of `echo` (so
@@ -40,10 +40,18 @@ const DRAIN: Duration = Duration::from_secs(20);
 /// Bound on one HTTP download, from connect to the last byte.
 const GET_DEADLINE: Duration = Duration::from_secs(60);
 
-/// `backend`: prints `listening on PORT`, then serves forever (the orchestrator kills it).
-pub fn backend() {
-    rt().block_on(async {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+/// `backend [--bind IP]`: prints `listening on PORT`, then serves forever (the
+/// orchestrator kills it). It listens on 127.0.0.1 unless told otherwise (the wan
+/// workload's service must be reachable over the emulated link for `direct`).
+pub fn backend(args: &[String]) {
+    let ip = args
+        .iter()
+        .position(|a| a == "--bind")
+        .and_then(|i| args.get(i + 1))
+        .map_or("127.0.0.1", String::as_str)
+        .to_string();
+    rt().block_on(async move {
+        let l = TcpListener::bind((ip.as_str(), 0)).await.expect("bind");
         println!("listening on {}", l.local_addr().expect("addr").port());
         let _ = std::io::stdout().flush();
         loop {

@@ -30,6 +30,10 @@ pub const IDLE_VISITORS: usize = 1_000;
 /// How long the other nodes get to start listening on a claim the holder published (a
 /// few hundred milliseconds in practice).
 const MIRROR_WITHIN: Duration = Duration::from_secs(5);
+/// The nodes' claim lease (`--cluster-lease`).
+pub(crate) const LEASE: Duration = Duration::from_secs(5);
+/// What the nodes prove to each other on peer links (`--cluster-secret`).
+const CLUSTER_SECRET: &str = "pipebench-cluster-secret-0123456789";
 /// Bound on opening one node's share of the idle visitors (the generator's own bound is
 /// 45 s).
 const HOLD_OPEN: Duration = Duration::from_secs(60);
@@ -192,6 +196,11 @@ fn start(sys: &System, env: &Env, backend: u16) -> Result<Running, String> {
                 .envs(sys.env.clone())
                 .args(["--listen", &format!("{ip}:0"), "--bind-addr", ip])
                 .args(["--cluster", &url, "--node", name, "--token", TOKEN])
+                .args(["--cluster-secret", CLUSTER_SECRET])
+                // A directory that starts empty grants new claims only after one lease
+                // (a node it forgot may still serve them): a short lease keeps each
+                // round's start short. Renewals then run every 0.5 s.
+                .args(["--cluster-lease", &format!("{}s", LEASE.as_secs())])
                 .args(["--peer-listen", &format!("{ip}:0")]),
             false,
         )?;

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 pub const SLACK: Duration = Duration::from_secs(12);
 /// A system that failed this many rounds in a row is skipped for the rest of the
 /// workload (a feature not built yet must not cost every round its timeouts).
-const GIVE_UP_AFTER: usize = 2;
+pub(crate) const GIVE_UP_AFTER: usize = 2;
 /// Connections held for the memory workload: the first step, then the total.
 pub const MEM_STEPS: [usize; 2] = [1_000, 10_000];
 /// How long after a load the memory workload reads RSS again: issue 15's target is that
@@ -41,6 +41,12 @@ pub struct Opts {
     pub udp_len: u32,
     pub workloads: Vec<String>,
     pub only: Option<Vec<String>>,
+    /// Rounds of the wan workload (each is one pass over every system on every link).
+    pub wan_rounds: usize,
+    /// The links the wan workload emulates (`wan_net::LinkSpec`), comma-separated.
+    pub links: String,
+    /// The prefix of the wan workload's two network namespaces (`PREFIX-a`, `PREFIX-b`).
+    pub wan_ns: Option<String>,
 }
 
 /// One build of `piped`/`pipec` to measure: the main one, then any A/B variants.
@@ -112,6 +118,13 @@ pub fn systems_for(workload: &str, pipe_bins: &[PipeBuild]) -> Vec<System> {
         "stall" => vec![("pipe", PIPE), ("rathole", RATHOLE)],
         // No peer has an inspector, nor a cluster.
         "inspect" | "cluster" => vec![("pipe", PIPE)],
+        // The issue's table: the tunnels and the bare link, across the emulated link.
+        "wan" => vec![
+            ("direct", Kind::Direct),
+            ("pipe", PIPE),
+            ("rathole", RATHOLE),
+            ("bore", Kind::Bore),
+        ],
         _ => vec![],
     };
     let mut out = Vec::new();
@@ -166,7 +179,7 @@ impl Harness {
         }
     }
 
-    fn log(&self, msg: &str) {
+    pub(crate) fn log(&self, msg: &str) {
         eprintln!("[{:>6.1}s] {msg}", self.started.elapsed().as_secs_f64());
     }
 
@@ -218,6 +231,11 @@ impl Harness {
                 });
             }
             if systems.is_empty() {
+                continue;
+            }
+            // Links × rounds × systems, with a link emulator of its own (`wan`).
+            if w == "wan" {
+                self.wan(&systems);
                 continue;
             }
             let rounds = if w == "mem" || w == "stall" {

@@ -1,16 +1,18 @@
 //! `pipebench`: the benchmark harness of issue 5 (relay vs socat; pipe tunnel vs rathole
 //! vs bore; UDP; TLS), with issue 15's memory and stalled-visitor rows, issue 16's
-//! inspector row and the cluster's peer-link rows. Run it through `bash benches/run.sh`,
-//! which installs the peers, builds, enters a network namespace of its own and calls
-//! `pipebench run`.
+//! inspector row, the cluster's peer-link rows and the real-link rows (`wan`). Run it
+//! through `bash benches/run.sh`, which installs the peers, builds, enters a network
+//! namespace of its own and calls `pipebench run`.
 //!
 //! The same binary is the load generator: the orchestrator starts `pipebench echo`,
-//! `connrate`, `rtt`, `hold`, `backend`, `bulk`, `stall` and `httpget` as separate
-//! processes so that their sockets and CPU never count against the system measured.
+//! `connrate`, `rtt`, `hold`, `backend`, `bulk`, `stall`, `httpget` and `wanload` as
+//! separate processes so that their sockets and CPU never count against the system
+//! measured; and the link emulator, `pipebench linkemu`.
 
 mod bulk;
 mod cluster;
 mod harness;
+mod linkemu;
 mod load;
 mod machine;
 mod monitor;
@@ -19,10 +21,15 @@ mod procs;
 mod report;
 mod report_cluster;
 mod report_stress;
+mod report_wan;
 mod stats;
 mod stress;
 mod systems;
 mod targets;
+mod wan;
+mod wan_net;
+mod wan_peers;
+mod wanload;
 mod workloads;
 
 use harness::{Harness, Opts, PipeBuild};
@@ -37,10 +44,12 @@ fn main() {
         Some("connrate") => load::connrate(&args[1..]),
         Some("rtt") => load::rtt(&args[1..]),
         Some("hold") => load::hold(&args[1..]),
-        Some("backend") => bulk::backend(),
+        Some("backend") => bulk::backend(&args[1..]),
         Some("bulk") => bulk::bulk(&args[1..]),
         Some("stall") => bulk::stall(&args[1..]),
         Some("httpget") => bulk::httpget(&args[1..]),
+        Some("wanload") => wanload::wanload(&args[1..]),
+        Some("linkemu") => linkemu::linkemu(&args[1..]),
         Some("run") => run(&args[1..]),
         Some("report") => rereport(&args[1..]),
         // `cargo bench` / `cargo test --benches` call us with libtest flags: say how to
@@ -95,6 +104,9 @@ fn run(args: &[String]) {
                 .to_vec()
         }),
         only: list(args, "--only"),
+        wan_rounds: parse(args, "--wan-rounds", 3),
+        links: arg(args, "--links").unwrap_or_else(|| wan_net::DEFAULT_LINKS.into()),
+        wan_ns: arg(args, "--wan-ns"),
     };
     let mut pipe_bins = vec![PipeBuild {
         label: "main".into(),
@@ -167,6 +179,7 @@ fn run(args: &[String]) {
         Some(p) => {
             let existing = std::fs::read_to_string(p).ok();
             let md = report_cluster::merge(&data, md, existing.as_deref());
+            let md = merge_wan(&data, md, existing.as_deref());
             write_or_warn(p, &md);
             eprintln!("wrote {}", p.display());
         }
@@ -188,10 +201,17 @@ fn rereport(args: &[String]) {
         Some(p) => {
             let existing = std::fs::read_to_string(&p).ok();
             let md = report_cluster::merge(&data, md, existing.as_deref());
+            let md = merge_wan(&data, md, existing.as_deref());
             write_or_warn(Path::new(&p), &md)
         }
         None => println!("{md}"),
     }
+}
+
+/// The real-link section of this run put into the file (see `report_wan::merge`).
+fn merge_wan(data: &report::RunData, md: String, existing: Option<&str>) -> String {
+    let sec = report_wan::section(&data.samples, &data.machine, &data.command);
+    report_wan::merge(&data.samples, &sec, md, existing)
 }
 
 fn write_or_warn(p: &Path, text: &str) {

@@ -329,8 +329,31 @@ pub fn free_dual_port() -> u16 {
 
 /// Is something listening on 127.0.0.1:port (or any address) over TCP?
 pub fn tcp_listening(port: u16) -> bool {
+    listening_in(&["/proc/net/tcp", "/proc/net/tcp6"], port)
+}
+
+/// Is something listening on `port` over TCP in the network namespace of process `pid`
+/// (which may not be ours)?
+pub fn tcp_listening_in(pid: u32, port: u16) -> bool {
+    let files = ["tcp", "tcp6"].map(|f| format!("/proc/{pid}/net/{f}"));
+    listening_in(&files, port)
+}
+
+/// Waits until a TCP listener is on `port` in the network namespace of process `pid`.
+pub fn wait_listening_in(pid: u32, port: u16, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if tcp_listening_in(pid, port) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("nothing listens on port {port} after {timeout:?}"))
+}
+
+fn listening_in(files: &[impl AsRef<std::path::Path>], port: u16) -> bool {
     let hex = format!(":{port:04X} ");
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+    files.iter().any(|f| {
         std::fs::read_to_string(f).is_ok_and(|s| {
             s.lines().skip(1).any(|l| {
                 let cols: Vec<&str> = l.split_whitespace().collect();

@@ -8,6 +8,7 @@ use crate::machine::Machine;
 use crate::monitor::Summary;
 use crate::report_cluster;
 use crate::report_stress;
+use crate::report_wan;
 use crate::stats::{
     cell, fmt_num, med, missing_notes, sample_result, short, stat, systems_in, Cell,
 };
@@ -47,6 +48,10 @@ pub fn markdown(d: &RunData, tuning: Option<&str>) -> String {
     let cluster = report_cluster::section(d);
     if !cluster.is_empty() {
         let _ = writeln!(o, "\n{cluster}");
+    }
+    let wan = report_wan::section(&d.samples, &d.machine, &d.command);
+    if !wan.is_empty() {
+        let _ = writeln!(o, "\n{wan}");
     }
     let _ = writeln!(o, "\n## Tuning\n");
     match tuning {
@@ -427,8 +432,12 @@ fn raw(o: &mut String, d: &RunData) {
         o,
         "| workload | round | system | other work, cores | result |\n| --- | --- | --- | --- | --- |"
     );
-    // The cluster section lists its own samples (it can be replaced on its own).
-    for x in d.samples.iter().filter(|x| x.workload != "cluster") {
+    // The cluster and wan sections list their own samples (each can be replaced alone).
+    for x in d
+        .samples
+        .iter()
+        .filter(|x| x.workload != "cluster" && !report_wan::owns(x))
+    {
         let r = sample_result(x);
         let busy = x.busy_elsewhere.map_or("—".into(), |c| {
             if c > BUSY_FLAG_CORES {

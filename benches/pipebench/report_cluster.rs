@@ -92,7 +92,8 @@ fn intro(o: &mut String, d: &RunData) {
     let _ = writeln!(
         o,
         "## Cluster: peer links\n\nThree `piped` nodes ({nodes}) share one `redis-server` \
-         (loopback, no persistence, started and stopped by the harness each round) and all \
+         (loopback, no persistence, started and stopped by the harness each round; a 5 s claim lease, \
+         so that a fresh directory's one-lease hold on new claims is short) and all \
          listen on the tunnel's public port; one `pipec` logs into `a` and forwards to the \
          backend. A visitor at `a` (the holder) goes visitor → `a` → `pipec` → backend; at \
          `b` (a peer node) it goes visitor → `b` → peer link (yamux, HMAC-proved) → `a` → \

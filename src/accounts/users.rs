@@ -31,6 +31,8 @@ struct UserEntry {
     subdomains: Vec<String>,
     max_tunnels: Option<usize>,
     speed_limit: Option<Rate>,
+    #[serde(default)]
+    require_sign_in: bool,
 }
 
 /// One account and what it may claim.
@@ -46,6 +48,8 @@ pub struct User {
     pub max_tunnels: Option<usize>,
     /// Cap per tunnel and direction, bytes per second.
     pub speed_limit: Option<u64>,
+    /// Every http forward of the user must have visitors sign in (`auth=oidc`).
+    pub require_sign_in: bool,
 }
 
 impl User {
@@ -71,6 +75,17 @@ impl User {
                 self.name
             ))
         }
+    }
+
+    /// May the user publish an http forward with (or without) sign-in?
+    pub fn check_sign_in(&self, signs_in: bool) -> Result<(), String> {
+        if self.require_sign_in && !signs_in {
+            return Err(format!(
+                "{}'s http forwards must have visitors sign in: add auth=oidc (require-sign-in)",
+                self.name
+            ));
+        }
+        Ok(())
     }
 
     /// The prefix a random subdomain gets: that of the user's first wildcard.
@@ -198,6 +213,7 @@ pub fn parse(text: &str, origin: &Path) -> Result<(UserTable, Vec<u8>), String> 
             subdomains: e.subdomains,
             max_tunnels: e.max_tunnels,
             speed_limit: e.speed_limit.map(|r| r.0),
+            require_sign_in: e.require_sign_in,
         };
         if users.insert(name.clone(), Arc::new(user)).is_some() {
             return Err(bad(format!("user {name} is defined twice")));
@@ -222,6 +238,7 @@ mod tests {
         subdomains = ["alice", "alice-*"]
         max-tunnels = 8
         speed-limit = "10MB"
+        require-sign-in = true
 
         [[user]]
         name = "bob"
@@ -245,10 +262,19 @@ mod tests {
         );
         assert_eq!(alice.random_subdomain_prefix().unwrap(), "alice-");
         assert_eq!(alice.speed_limit, Some(10_000_000));
+        assert!(alice.check_sign_in(true).is_ok());
+        assert_eq!(
+            alice.check_sign_in(false).unwrap_err(),
+            "alice's http forwards must have visitors sign in: add auth=oidc (require-sign-in)"
+        );
         let bob = t.get("bob").unwrap();
         assert!(bob.check_port(21000).is_err(), "no ports unless given");
         assert!(bob.check_subdomain("bob").is_err());
         assert!(bob.random_subdomain_prefix().is_err());
+        assert!(
+            bob.check_sign_in(false).is_ok(),
+            "sign-in is not required by default"
+        );
         assert_eq!(t.token_of("bob"), Some(&Token::new("b-token")));
         assert_eq!(t.token_of("carol"), None);
     }

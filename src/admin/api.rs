@@ -5,7 +5,8 @@
 //! come from `State` as they are at the time of the request.
 
 use super::Shared;
-use crate::server::state::{State, TunnelInfo};
+use crate::protocol::Proto;
+use crate::server::state::{State, TunnelInfo, LOCAL_DOWN, LOCAL_UP};
 use crate::VERSION_LINE;
 use axum::extract::{Path, Query, State as Ext};
 use axum::http::StatusCode;
@@ -37,7 +38,10 @@ pub struct ServerView {
     pub uptime_secs: u64,
     pub clients: usize,
     pub tunnels: usize,
+    /// Live TCP (and http) visitor connections.
     pub connections_active: u64,
+    /// UDP senders with a live mapping (not connections: each lingers until idle).
+    pub udp_peers_active: u64,
     pub connections_total: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -54,11 +58,18 @@ pub struct ClientView {
     /// The user logged in, on a server with a users file.
     pub user: Option<String>,
     pub addr: String,
+    /// What the client calls itself (`pipec --name`, else its host name).
+    pub name: String,
     /// Unix seconds.
     pub since: u64,
     /// What the client said it runs (its `--version` line).
     pub version: String,
     pub tunnels: usize,
+    /// The client's connections to this server, joined as one session
+    /// (`pipec --connections`).
+    pub connections: usize,
+    /// Visitor streams open on each of them now, in the order they joined.
+    pub streams: Vec<usize>,
 }
 
 /// `GET /api/tunnels`: one per live tunnel.
@@ -75,11 +86,24 @@ pub struct TunnelView {
     /// The user whose session owns the tunnel, on a server with a users file.
     pub user: Option<String>,
     pub client_addr: Option<String>,
+    /// The owning client's name (`ClientView::name`).
+    pub client_name: Option<String>,
     pub proto: &'static str,
     /// The public port (for `http`, the internal port Caddy proxies to).
     pub port: u16,
     /// The public URL of an `http` tunnel.
     pub url: Option<String>,
+    /// Where visitors reach it, whole: `https://sub.example.com`, or
+    /// `tcp://HOST:PORT` / `udp://HOST:PORT` with the host the client dialled (as its
+    /// `forwarding` line says); `None` when that host is not known.
+    pub public: Option<String>,
+    /// `up` or `down`: whether the local service answered the latest visitor, as the
+    /// client said; `None` before the client said anything.
+    pub local_service: Option<&'static str>,
+    /// Unix seconds of that report.
+    pub local_service_since: Option<u64>,
+    /// Unix seconds of the latest visitor.
+    pub last_visitor: Option<u64>,
     /// The target on the client's side, as the client named it.
     pub local: String,
     /// Unix seconds.
@@ -114,6 +138,10 @@ pub struct NodeView {
     pub peer: String,
     /// Unix seconds of its last registration.
     pub last_seen: u64,
+    /// `up`, or `down` once it has missed two renewals (its registration still lasts
+    /// the lease, so a node that comes back keeps its place).
+    pub state: &'static str,
+    pub up: bool,
     /// Claims (ports, subdomains) it holds.
     pub tunnels: usize,
 }
@@ -150,6 +178,8 @@ pub async fn cluster(Ext(admin): Ext<Shared>) -> Json<ClusterView> {
                 .into_iter()
                 .map(|n| NodeView {
                     tunnels: held.get(n.name.as_str()).copied().unwrap_or(0),
+                    state: if n.is_up() { "up" } else { "down" },
+                    up: n.is_up(),
                     name: n.name,
                     peer: n.peer,
                     last_seen: n.seen,
@@ -161,6 +191,11 @@ pub async fn cluster(Ext(admin): Ext<Shared>) -> Json<ClusterView> {
                 .collect();
         }
         Err(e) => view.error = Some(e),
+    }
+    if view.error.is_none() {
+        view.error = c
+            .last_error()
+            .map(|e| format!("the last renewal failed: {e}"));
     }
     Json(view)
 }
@@ -200,6 +235,7 @@ pub async fn server(Ext(admin): Ext<Shared>) -> Json<ServerView> {
         clients: st.sessions().len(),
         tunnels: st.tunnels().len(),
         connections_active: s.connections_active.load(Ordering::Relaxed),
+        udp_peers_active: s.udp_peers_active.load(Ordering::Relaxed),
         connections_total: s.connections_tcp.load(Ordering::Relaxed)
             + s.connections_udp.load(Ordering::Relaxed),
         bytes_in,
@@ -222,44 +258,86 @@ pub async fn clients(Ext(admin): Ext<Shared>) -> Json<Vec<ClientView>> {
             id: s.id,
             user: s.owner.user.as_deref().map(str::to_string),
             addr: s.addr.to_string(),
+            name: s.about.name.clone(),
             since: unix(s.since),
             version: s.software.clone(),
             tunnels: per_session.get(&s.id).copied().unwrap_or(0),
+            connections: s.links.len(),
+            streams: s.links.loads(),
         })
         .collect();
     Json(views)
 }
 
+/// What a tunnel's row says of the session that owns it.
+#[derive(Default)]
+struct Owner {
+    addr: Option<String>,
+    name: Option<String>,
+    /// The host the client dialled; empty when it did not say.
+    host: String,
+}
+
 pub async fn tunnels(Ext(admin): Ext<Shared>) -> Json<Vec<TunnelView>> {
-    let addrs: HashMap<u64, String> = admin
+    let owners: HashMap<u64, Owner> = admin
         .state
         .sessions()
         .iter()
-        .map(|s| (s.id, s.addr.to_string()))
+        .map(|s| {
+            let o = Owner {
+                addr: Some(s.addr.to_string()),
+                name: Some(s.about.name.clone()).filter(|n| !n.is_empty()),
+                host: s.about.server_host.clone(),
+            };
+            (s.id, o)
+        })
         .collect();
     let cluster = admin.state.cluster();
     let node = cluster.as_ref().map(|c| c.node.as_str());
+    let none = Owner::default();
     let views = admin
         .state
         .tunnels()
         .iter()
-        .map(|t| tunnel_view(t, addrs.get(&t.session_id).cloned(), node))
+        .map(|t| tunnel_view(t, owners.get(&t.session_id).unwrap_or(&none), node))
         .collect();
     Json(views)
 }
 
-fn tunnel_view(t: &TunnelInfo, client_addr: Option<String>, node: Option<&str>) -> TunnelView {
+/// The address a visitor uses, whole, as the client's `forwarding` line gives it.
+fn public_address(t: &TunnelInfo, host: &str) -> Option<String> {
+    match (&t.url, t.proto) {
+        (Some(url), _) => Some(url.clone()),
+        (None, _) if host.is_empty() => None,
+        (None, Proto::Udp) => Some(format!("udp://{host}:{}", t.port)),
+        (None, _) => Some(format!("tcp://{host}:{}", t.port)),
+    }
+}
+
+fn tunnel_view(t: &TunnelInfo, owner: &Owner, node: Option<&str>) -> TunnelView {
     let st = &t.stats;
+    let local_service = match st.local.load(Ordering::Relaxed) {
+        LOCAL_UP => Some("up"),
+        LOCAL_DOWN => Some("down"),
+        _ => None,
+    };
+    let when =
+        |a: &std::sync::atomic::AtomicU64| Some(a.load(Ordering::Relaxed)).filter(|&s| s > 0);
     TunnelView {
         id: t.id,
         name: tunnel_name(t),
         key: tunnel_key(t),
         client: t.session_id,
         user: t.user.as_deref().map(str::to_string),
-        client_addr,
+        client_addr: owner.addr.clone(),
+        client_name: owner.name.clone(),
         proto: t.proto.as_str(),
         port: t.port,
         url: t.url.clone(),
+        public: public_address(t, &owner.host),
+        local_service,
+        local_service_since: local_service.and(when(&st.local_since)),
+        last_visitor: when(&st.last_visitor),
         local: t.local.clone(),
         since: unix(t.since),
         connections: st.active.load(Ordering::Relaxed),
@@ -333,7 +411,6 @@ fn is_live_host(state: &State, host: &str) -> bool {
 mod tests {
     use super::*;
     use crate::config::ServerConfig;
-    use crate::protocol::Proto;
     use crate::server::state::TunnelStats;
     use std::sync::Arc;
     use tokio_util::sync::CancellationToken;
@@ -360,6 +437,7 @@ mod tests {
             speed_limit: None,
             access: Default::default(),
             visitor_from_caddy: false,
+            sign_in: false,
             stats: TunnelStats::default(),
             stop: CancellationToken::new(),
         };

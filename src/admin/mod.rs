@@ -17,8 +17,15 @@
 //! without one answers 401 *with the dashboard page as the body*: the page holds no data,
 //! takes the token from a form, keeps it in sessionStorage (never in the URL) and
 //! sends it on every API call.
+//!
+//! Every route but `/healthz` answers only a `Host` naming this server and refuses
+//! cross-site changes (`guard`, shared with the inspector); connections are capped and
+//! timed out (`conns`, likewise). `/healthz` stays open to any `Host`: platform health
+//! checks name the machine as they please, and "ok" tells a rebinding page nothing.
 
 mod api;
+pub mod conns;
+pub mod guard;
 mod history;
 mod process;
 mod prom;
@@ -36,7 +43,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error};
+use tracing::debug;
 
 /// The dashboard: one self-contained page (no external resources).
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -115,6 +122,7 @@ pub(crate) fn bearer(value: &str) -> Option<&str> {
 /// The routes, ready to serve; `history` is what `/api/history` shows.
 fn router(state: Arc<State>, history: Arc<history::History>) -> Router {
     let token = state.config.admin_token.clone();
+    let guard = guard::Guard::new(&state.config.admin_host);
     let admin = Arc::new(Admin {
         state,
         token,
@@ -138,9 +146,10 @@ fn router(state: Arc<State>, history: Arc<history::History>) -> Router {
         .route_layer(middleware::from_fn_with_state(admin.clone(), require_token));
     Router::new()
         .route("/", get(dashboard))
-        .route("/healthz", get(|| async { "ok" }))
         .route("/caddy/ask", get(api::caddy_ask))
         .merge(protected)
+        .layer(middleware::from_fn_with_state(guard, guard::check))
+        .route("/healthz", get(|| async { "ok" }))
         .layer(middleware::map_response(no_store))
         .with_state(admin)
 }
@@ -153,12 +162,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
         state.clone(),
         shutdown.clone(),
     ));
-    let served = axum::serve(listener, router(state, history))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
-    if let Err(e) = served {
-        error!(error = %e, "admin server failed");
-    }
+    conns::serve(listener, router(state, history), "admin", shutdown).await;
 }
 
 async fn require_token(Ext(admin): Ext<Shared>, req: Request, next: Next) -> Response {

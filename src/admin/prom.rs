@@ -47,6 +47,10 @@ fn describe() {
         "pipe_connections_active",
         "Public connections (TCP) and UDP peers open now."
     );
+    describe_gauge!(
+        "pipe_udp_peers_active",
+        "UDP senders with a live mapping now (included in pipe_connections_active)."
+    );
     describe_counter!(
         "pipe_connections_total",
         "Public connections accepted since start (http tunnels count as tcp)."
@@ -67,7 +71,8 @@ fn describe() {
     describe_gauge!("pipe_uptime_seconds", "Seconds since the server started.");
     describe_gauge!(
         "pipe_cluster_nodes",
-        "Nodes registered in the cluster directory at the last renewal (cluster only)."
+        "Live nodes of the cluster (renewed within two of their intervals) at the last \
+         renewal (cluster only)."
     );
     describe_counter!(
         "pipe_peer_streams_total",
@@ -104,7 +109,10 @@ fn record_totals(state: &State) {
         let n = tunnels.iter().filter(|t| t.proto == proto).count();
         gauge!("pipe_tunnels", "proto" => proto.as_str()).set(n as f64);
     }
-    gauge!("pipe_connections_active").set(s.connections_active.load(Ordering::Relaxed) as f64);
+    let udp_peers = s.udp_peers_active.load(Ordering::Relaxed);
+    let tcp = s.connections_active.load(Ordering::Relaxed);
+    gauge!("pipe_connections_active").set((tcp + udp_peers) as f64);
+    gauge!("pipe_udp_peers_active").set(udp_peers as f64);
     counter!("pipe_connections_total", "proto" => "tcp")
         .absolute(s.connections_tcp.load(Ordering::Relaxed));
     counter!("pipe_connections_total", "proto" => "udp")

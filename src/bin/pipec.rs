@@ -1,7 +1,6 @@
 //! `pipec`: parse, set up logging, then run the client (or the relay) and map the
 //! outcome to an exit code.
 
-use clap::Parser;
 use pipe::config::cli::{PipecArgs, PipecCommand};
 use pipe::config::{ClientConfig, Endpoint, LogConfig};
 use pipe::relay::RelayListener;
@@ -11,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 fn main() -> ExitCode {
     // Before any allocation of the data path: keep yamux's frame buffers in the heap.
     pipe::transport::alloc::tune_for_frames();
-    let args = PipecArgs::parse();
+    let args: PipecArgs = pipe::config::cli::parse();
     match args.command {
         Some(PipecCommand::Relay { listen, target }) => {
             let log = LogConfig::from_args(&args.log);
@@ -56,14 +55,13 @@ async fn client(cfg: ClientConfig) -> ExitCode {
     let shutdown = CancellationToken::new();
     tokio::spawn(pipe::signals::cancel_on_signal(shutdown.clone()));
     if let Some(addr) = cfg.inspect.clone() {
-        match pipe::client::inspect::start(
-            &addr,
-            cfg.inspect_token.clone(),
-            cfg.forwards.clone(),
-            shutdown.clone(),
-        )
-        .await
-        {
+        let opts = pipe::client::inspect::Options {
+            addr,
+            next_free: cfg.inspect_next_free,
+            token: cfg.inspect_token.clone(),
+            hosts: cfg.inspect_host.clone(),
+        };
+        match pipe::client::inspect::start(opts, cfg.forwards.clone(), shutdown.clone()).await {
             Ok(local) => pipe::logging::stdout_line(&format_args!("inspect on http://{local}")),
             Err(e) => {
                 pipe::logging::fatal(&e);

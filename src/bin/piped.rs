@@ -1,6 +1,5 @@
 //! `piped`: parse, set up logging, bind, run, map the outcome to an exit code.
 
-use clap::Parser;
 use pipe::config::cli::{PipedArgs, PipedCommand, TokenAction};
 use pipe::config::{LogConfig, ServerConfig};
 use pipe::server::{Server, ServerError};
@@ -11,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 fn main() -> ExitCode {
     // Before any allocation of the data path: keep yamux's frame buffers in the heap.
     pipe::transport::alloc::tune_for_frames();
-    let args = PipedArgs::parse();
+    let args: PipedArgs = pipe::config::cli::parse();
     if let Some(PipedCommand::Token {
         action: TokenAction::New,
     }) = args.command
@@ -64,9 +63,10 @@ fn summary(
         (Some(a), false) => format!("{a} (no admin token)"),
         (None, _) => "off".into(),
     };
-    let http = match &cfg.domain {
-        Some(d) => format!("https://*.{d} via Caddy"),
-        None => "off".into(),
+    let http = match (&cfg.domain, &cfg.oidc) {
+        (Some(d), Some(o)) => format!("https://*.{d} via Caddy, sign-in at {}", o.issuer),
+        (Some(d), None) => format!("https://*.{d} via Caddy"),
+        (None, _) => "off".into(),
     };
     format!(
         "piped {}: auth {auth}, TLS {tls}, ports {}, admin {admin}, http forwards {http}",
@@ -104,6 +104,9 @@ async fn serve(cfg: ServerConfig) -> ExitCode {
         Ok(v) => v,
         Err(e) => return fail(&e),
     };
+    if let Err(e) = server.start_sign_in(shutdown.clone()).await {
+        return fail(&e);
+    }
     match listener.local_addr() {
         Ok(a) => pipe::logging::stdout_line(&format_args!("listening on {a}")),
         Err(e) => {

@@ -8,6 +8,7 @@
 
 mod failover;
 pub mod inspect;
+mod links;
 mod local;
 mod session;
 mod stream;
@@ -147,7 +148,10 @@ pub async fn run(
     events: mpsc::UnboundedSender<ClientEvent>,
     shutdown: CancellationToken,
 ) -> Result<(), ClientError> {
-    let mut key = ClientKey::generate();
+    // One chain for the life of the process, its id bound to the token and user it
+    // logs in with: every reconnect proves the next link of it.
+    let binding = crate::auth::binding(config.token.as_ref(), config.user.as_deref());
+    let mut key = ClientKey::bound(binding);
     let tls = session::tls_connector(&config)?;
     let mut forwards: Vec<ForwardState> = config
         .forwards
@@ -183,6 +187,16 @@ pub async fn run(
             Ok(session::End::Shutdown) => return Ok(()),
             Ok(session::End::AllClosed { reason }) => {
                 return Err(ClientError::ClosedByOperator(reason))
+            }
+            Ok(session::End::Ended { reason, retry }) => {
+                backoff.reset();
+                retries.connected();
+                if retry && rotation.is_cluster() {
+                    warn!("the server ended the session ({reason}); moving to another server");
+                } else {
+                    warn!("the server ended the session: {reason}; reconnecting");
+                }
+                None
             }
             Ok(session::End::ServerClosed) => {
                 backoff.reset();

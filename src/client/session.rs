@@ -3,9 +3,10 @@
 
 use super::stream::{self, Routes};
 use super::{describe, ClientError, ClientEvent, ForwardState};
+use super::{links, local};
 use crate::accounts::proof::ClientKey;
-use crate::auth::client_handshake;
-use crate::config::{ClientConfig, ServerAddr};
+use crate::auth::{client_login, Introduction};
+use crate::config::{ClientConfig, Connections, ServerAddr};
 use crate::protocol::{
     ClientMsg, CodecError, ForwardRequest, MessageStream, Proto, ServerMsg, MAX_CONTROL_FRAME,
 };
@@ -26,6 +27,9 @@ use tracing::{debug, info, warn};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing session may take to flush its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// The first wait before a forward refused for a reason of the server's own is asked
+/// for again (a cluster directory that is recovering frees keys within a lease).
+const RETRY_FIRST: Duration = Duration::from_millis(250);
 
 pub(crate) struct SessionCtx<'a> {
     pub config: &'a ClientConfig,
@@ -57,6 +61,12 @@ pub(crate) enum End {
     /// The server's operator closed every forward: nothing is left to publish.
     AllClosed {
         reason: String,
+    },
+    /// The server ended the session and said why; `retry` when another server can
+    /// serve the client now.
+    Ended {
+        reason: String,
+        retry: bool,
     },
 }
 
@@ -133,6 +143,26 @@ fn trust(config: &ClientConfig) -> tls::Trust {
     }
 }
 
+/// The name the server's certificate must carry.
+fn tls_name(ctx: &SessionCtx<'_>) -> Result<rustls::pki_types::ServerName<'static>, String> {
+    let name = ctx
+        .config
+        .tls_server_name
+        .clone()
+        .unwrap_or_else(|| ctx.server.host.clone());
+    tls::server_name(&name)
+}
+
+/// How many connections to keep to a server `rtt` away that allows `max` per session.
+fn connections(asked: Connections, rtt: Duration, max: u16) -> usize {
+    let n = match asked {
+        Connections::Fixed(n) => n as usize,
+        Connections::Auto if rtt >= links::AUTO_RTT => links::AUTO_POOL,
+        Connections::Auto => 1,
+    };
+    n.clamp(1, (max as usize).max(1))
+}
+
 pub(crate) async fn run_once(
     ctx: SessionCtx<'_>,
     forwards: &mut [ForwardState],
@@ -148,17 +178,13 @@ pub(crate) async fn run_once(
     };
     tcp::tune_control(&tcp);
     *ctx.peer = tcp.peer_addr().ok();
+    let rtt = tcp::kernel_rtt(&tcp);
     let Some(connector) = ctx.tls else {
-        return serve(ctx, forwards, BatchIo::new(tcp)).await;
+        return serve(ctx, forwards, BatchIo::new(tcp), rtt).await;
     };
-    let name = ctx
-        .config
-        .tls_server_name
-        .clone()
-        .unwrap_or_else(|| ctx.server.host.clone());
-    let name = tls::server_name(&name).map_err(ClientError::Tls)?;
+    let name = tls_name(&ctx).map_err(ClientError::Tls)?;
     match timeout(CONNECT_TIMEOUT, connector.connect(name, tcp)).await {
-        Ok(Ok(s)) => serve(ctx, forwards, BatchIo::new(s)).await,
+        Ok(Ok(s)) => serve(ctx, forwards, BatchIo::new(s), rtt).await,
         Ok(Err(e)) => match tls::explain_client_error(&e, &trust(ctx.config)) {
             (why, true) => Err(ClientError::Tls(why)),
             (why, false) => lost(why),
@@ -167,26 +193,32 @@ pub(crate) async fn run_once(
     }
 }
 
+/// Runs one session over `io`; `rtt` is the kernel's round-trip time of its TCP
+/// connection, when known.
 async fn serve<IO>(
     ctx: SessionCtx<'_>,
     forwards: &mut [ForwardState],
     io: IO,
+    rtt: Option<Duration>,
 ) -> Result<End, ClientError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = ctx.config;
     let stop = CancellationToken::new();
+    let local_changed = Arc::new(tokio::sync::Notify::new());
     let routes: Routes = Arc::new(
         forwards
             .iter()
-            .map(|f| stream::Route::new(f.spec.clone()))
+            .map(|f| stream::Route::new(f.spec.clone(), local_changed.clone()))
             .collect(),
     );
     let udp = super::udp::UdpLimits {
         max_peers: cfg.udp_max_peers,
         idle: cfg.udp_idle_timeout,
     };
+    let link_routes = routes.clone();
+    let watched = routes.clone();
     let on_inbound = move |s: MuxStream| {
         tokio::spawn(stream::handle(s, routes.clone(), udp));
     };
@@ -204,24 +236,63 @@ where
             return lost("cannot open the control stream");
         };
         let mut ctl = MessageStream::new(ctl, MAX_CONTROL_FRAME);
+        let me = Introduction {
+            name: cfg.name.clone(),
+            server_host: ctx.server.host.clone(),
+        };
         let login = timeout(
             CONNECT_TIMEOUT,
-            client_handshake(&mut ctl, cfg.user.as_deref(), cfg.token.as_ref(), ctx.key),
+            client_login(
+                &mut ctl,
+                cfg.user.as_deref(),
+                cfg.token.as_ref(),
+                ctx.key,
+                &me,
+            ),
         );
-        let session_id = tokio::select! {
+        let asked = Instant::now();
+        let admitted = tokio::select! {
             _ = ctx.shutdown.cancelled() => return Ok(End::Shutdown),
             r = login => match r {
-                Ok(Ok(id)) => id,
+                Ok(Ok(a)) => a,
                 Ok(Err(e)) if e.is_permanent() => return Err(ClientError::Login(e)),
                 Ok(Err(e)) => return lost(format!("login failed: {e}")),
                 Err(_) => return lost("login timed out"),
             },
         };
-        info!(session = session_id, server = %ctx.server, "logged in");
+        // The kernel's measure, else the login's two round trips (Hello, Login). A
+        // loopback server is no slow link, however busy the machine made the handshake.
+        let rtt = match *ctx.peer {
+            Some(p) if p.ip().is_loopback() => Duration::ZERO,
+            _ => rtt.unwrap_or(asked.elapsed() / 2),
+        };
+        let want = connections(cfg.connections, rtt, admitted.max_links);
+        info!(session = admitted.session_id, server = %ctx.server, connections = want, "logged in");
+        if let (true, Some(addr)) = (want > 1, *ctx.peer) {
+            let spec = links::JoinSpec {
+                addr,
+                tls: ctx.tls.cloned().zip(tls_name(&ctx).ok()),
+                user: cfg.user.clone(),
+                token: cfg.token.clone(),
+                client_id: ctx.key.id(),
+                join_key: admitted.join_key,
+                heartbeat_interval: cfg.heartbeat_interval,
+                heartbeat_timeout: cfg.heartbeat_timeout,
+                routes: link_routes,
+                udp,
+            };
+            links::spawn(want - 1, Arc::new(spec), &stop);
+        }
+        let told = vec![local::UNKNOWN; forwards.len()];
         let mut s = Control {
             ctx: &ctx,
             forwards,
             ctl,
+            local: LocalReports {
+                routes: watched,
+                changed: local_changed,
+                told,
+            },
         };
         s.run(&mut driver).await
     }
@@ -235,6 +306,34 @@ struct Control<'a, 'b> {
     ctx: &'a SessionCtx<'b>,
     forwards: &'a mut [ForwardState],
     ctl: MessageStream<MuxStream>,
+    local: LocalReports,
+}
+
+/// What the server was told of each forward's local service.
+struct LocalReports {
+    routes: Routes,
+    /// Woken when a local service goes up or down.
+    changed: Arc<tokio::sync::Notify>,
+    /// Per forward: the state last told (`local::UNKNOWN` before any).
+    told: Vec<u8>,
+}
+
+impl LocalReports {
+    /// The messages that bring the server up to date, marked as told.
+    fn news(&mut self) -> Vec<ClientMsg> {
+        let mut out = Vec::new();
+        for (id, (route, told)) in self.routes.iter().zip(&mut self.told).enumerate() {
+            let now = route.down.state();
+            if now != local::UNKNOWN && now != *told {
+                *told = now;
+                out.push(ClientMsg::LocalService {
+                    id: id as u32,
+                    up: now == local::UP,
+                });
+            }
+        }
+        out
+    }
 }
 
 impl Control<'_, '_> {
@@ -287,6 +386,11 @@ impl Control<'_, '_> {
         }
         // Forwards refused after a reconnect: asked for again at every heartbeat tick.
         let mut refused = vec![false; self.forwards.len()];
+        // Refused for a reason of the server's own (its cluster directory is
+        // recovering): asked again sooner, after a delay that doubles up to the
+        // heartbeat interval.
+        let mut retry_at: Option<Instant> = None;
+        let mut retry_delay = RETRY_FIRST;
         let mut tick = ticker::interval_at(
             Instant::now() + cfg.heartbeat_interval,
             cfg.heartbeat_interval,
@@ -309,13 +413,30 @@ impl Control<'_, '_> {
                             self.forward_ok(id, remote_port, url);
                             if let Some(r) = refused.get_mut(id as usize) { *r = false; }
                         }
-                        Ok(ServerMsg::ForwardRefused { id, reason }) => {
+                        Ok(ServerMsg::ForwardRefused { id, reason, retry }) => {
                             let Some(f) = self.forwards.get(id as usize) else { continue };
-                            if !f.ever_registered {
+                            if !f.ever_registered && !retry {
                                 return Err(ClientError::ForwardRefused { spec: describe(&f.spec), reason });
                             }
-                            warn!(forward = %describe(&f.spec), %reason, "forward refused; will retry");
+                            // This server cannot grant it now: another one may.
+                            if retry && cfg.servers.len() > 1 {
+                                return logged_in(&format!("forward {} refused here ({reason})", describe(&f.spec)));
+                            }
+                            if !retry {
+                                warn!(forward = %describe(&f.spec), %reason, "forward refused; will retry");
+                            } else if retry_delay == RETRY_FIRST {
+                                warn!(forward = %describe(&f.spec), %reason, "forward refused for now; asking again shortly");
+                            } else {
+                                debug!(forward = %describe(&f.spec), %reason, "forward refused for now; asking again shortly");
+                            }
                             if let Some(r) = refused.get_mut(id as usize) { *r = true; }
+                            if retry && retry_at.is_none() {
+                                retry_at = Some(Instant::now() + retry_delay);
+                                retry_delay = (retry_delay * 2).min(cfg.heartbeat_interval);
+                            }
+                        }
+                        Ok(ServerMsg::Ending { reason, retry }) => {
+                            return Ok(End::Ended { reason, retry });
                         }
                         Ok(ServerMsg::Closed { id, reason }) => {
                             let Some(f) = self.forwards.get_mut(id as usize) else { continue };
@@ -340,6 +461,20 @@ impl Control<'_, '_> {
                     }
                 }
                 _ = driver.finished() => return logged_in("connection lost"),
+                _ = self.local.changed.notified() => {
+                    for msg in self.local.news() {
+                        if self.send(&msg).await.is_err() {
+                            return logged_in("control stream stalled");
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                    retry_at = None;
+                    let again = std::mem::replace(&mut refused, vec![false; self.forwards.len()]);
+                    if self.register(&again).await.is_err() {
+                        return logged_in("control stream stalled");
+                    }
+                }
                 _ = tick.tick() => {
                     if last_seen.elapsed() >= cfg.heartbeat_timeout {
                         return logged_in("heartbeat timeout: the server went silent");
@@ -388,5 +523,32 @@ impl Control<'_, '_> {
             }
         }
         let _ = timeout(CLOSE_GRACE, self.ctl.close()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_count_follows_the_link_and_the_servers_cap() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            connections(Connections::Auto, Duration::from_micros(40), 16),
+            1
+        );
+        assert_eq!(connections(Connections::Auto, ms(4), 16), 1);
+        assert_eq!(
+            connections(Connections::Auto, links::AUTO_RTT, 16),
+            links::AUTO_POOL
+        );
+        assert_eq!(
+            connections(Connections::Auto, ms(100), 16),
+            links::AUTO_POOL
+        );
+        assert_eq!(connections(Connections::Auto, ms(100), 2), 2);
+        assert_eq!(connections(Connections::Fixed(8), ms(0), 16), 8);
+        assert_eq!(connections(Connections::Fixed(16), ms(0), 4), 4);
+        assert_eq!(connections(Connections::Fixed(3), ms(0), 0), 1);
     }
 }

@@ -1,6 +1,7 @@
 //! One data stream opened by the server: read its header, dial the local service,
 //! answer with the status byte, splice.
 
+use super::inspect;
 use super::local::{self, DownWarning};
 use super::udp::{self, UdpLimits};
 use crate::config::ForwardSpec;
@@ -24,14 +25,20 @@ const LOCAL_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub(crate) struct Route {
     pub spec: ForwardSpec,
-    pub down: DownWarning,
+    /// How the inspector names the forward.
+    pub label: Arc<str>,
+    /// Shared with a UDP forward's socket readers, which outlive no route but run as
+    /// tasks of their own.
+    pub down: Arc<DownWarning>,
 }
 
 impl Route {
-    pub fn new(spec: ForwardSpec) -> Self {
+    /// A route whose local service going up or down wakes `changed`.
+    pub fn new(spec: ForwardSpec, changed: Arc<tokio::sync::Notify>) -> Self {
         Route {
+            down: Arc::new(DownWarning::watched(&spec, changed)),
+            label: spec.label().into(),
             spec,
-            down: DownWarning::default(),
         }
     }
 }
@@ -55,21 +62,23 @@ pub(crate) async fn handle(mut stream: MuxStream, routes: Routes, udp: UdpLimits
     };
     if route.spec.proto == Proto::Udp {
         let span = tracing::info_span!("udp", forward = header.forward_id);
-        return serve_udp(stream, &route.spec, udp).instrument(span).await;
+        return serve_udp(stream, route, udp).instrument(span).await;
     }
     let span =
         tracing::debug_span!("stream", forward = header.forward_id, visitor = ?header.visitor);
     connect(stream, route, &header).instrument(span).await
 }
 
-async fn serve_udp(stream: MuxStream, route: &ForwardSpec, limits: UdpLimits) {
-    let target = match udp::resolve(route).await {
+async fn serve_udp(stream: MuxStream, route: &Route, limits: UdpLimits) {
+    let spec = &route.spec;
+    let target = match udp::resolve(spec).await {
         Ok(t) => t,
         Err(e) => {
-            return warn!(error = %e, local = %route.local(), "cannot resolve the local udp service")
+            return warn!(error = %e, local = %spec.local(), "cannot resolve the local udp service")
         }
     };
-    match udp::serve(stream, target, limits, udp::new_table(limits)).await {
+    let table = udp::new_table(limits);
+    match udp::serve(stream, target, limits, table, route.down.clone()).await {
         Ok(()) => debug!("udp stream ended"),
         Err(e) => warn!(error = %e, "udp stream failed"),
     }
@@ -87,13 +96,21 @@ async fn connect(mut stream: MuxStream, route: &Route, header: &StreamHeader) {
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     };
     let mut local = match dialled {
-        Ok(s) => s,
+        Ok(s) => {
+            route.down.answered();
+            s
+        }
         Err(e) => {
             debug!(error = %e, local = %spec.local(), "local service unreachable");
-            route.down.report(spec, &e);
+            route.down.report(&e);
             // An http visitor is answered by us: the tunnel works, the service does not.
+            // The inspector shows that answer as the exchange it is.
             if spec.proto == Proto::Http && stream.write_all(&[STREAM_CONNECTED]).await.is_ok() {
-                local::bad_gateway(&mut stream).await;
+                let mut recorder = recorder(route, header);
+                local::bad_gateway(&mut stream, recorder.as_mut()).await;
+                if let Some(r) = recorder.as_mut() {
+                    r.closed();
+                }
             }
             return;
         }
@@ -109,21 +126,42 @@ async fn connect(mut stream: MuxStream, route: &Route, header: &StreamHeader) {
     if stream.write_all(&[STREAM_CONNECTED]).await.is_err() {
         return;
     }
-    let result = match super::inspect::store().filter(|_| spec.inspected()) {
-        Some(store) => {
-            let recorder = super::inspect::Recorder::new(store, header.forward_id, None);
+    let result = match recorder(route, header) {
+        Some(recorder) => {
             let mut tapped = super::inspect::Tap::new(local, recorder);
             let result = splice(&mut tapped, &mut stream, SpliceOptions::default()).await;
-            tcp::pass_reset(&result, tapped.inner());
+            reset_unless_clean(&result, tapped.inner());
             result
         }
         None => {
             let result = splice(&mut local, &mut stream, SpliceOptions::default()).await;
-            tcp::pass_reset(&result, &local);
+            reset_unless_clean(&result, &local);
             result
         }
     };
     if let Err(e) = result {
-        debug!(error = %e, "stream ended");
+        debug!(error = %e, "stream reset");
+    }
+}
+
+/// A recorder for the stream's exchanges when the inspector runs and inspects this
+/// forward.
+fn recorder(route: &Route, header: &StreamHeader) -> Option<inspect::Recorder> {
+    let store = inspect::store().filter(|_| route.spec.inspected())?;
+    let source = inspect::Source {
+        forward: header.forward_id,
+        tunnel: route.label.clone(),
+        visitor: header.visitor,
+        replay_of: None,
+    };
+    Some(inspect::Recorder::new(store, source))
+}
+
+/// Only both ends closing is a clean end: a stream the server reset, a session that
+/// died under it, or any other failure resets the local service's connection, which
+/// never sees a short clean close. (The stream, dropped unfinished, is reset too.)
+fn reset_unless_clean<T>(result: &std::io::Result<T>, local: &tokio::net::TcpStream) {
+    if result.is_err() {
+        tcp::reset_on_close(local);
     }
 }

@@ -1,8 +1,10 @@
 //! The client end of a UDP forward: one local socket per visitor (peer id), so the
 //! local service sees distinct peers and its replies go back to the right one.
 //! Sockets close when their peer has been idle for the idle timeout, and there are
-//! never more than the peer cap (the least recently used makes room).
+//! never more than the peer cap (the least recently used makes room). A local service
+//! that is down (its datagrams refused) is reported like a refused TCP dial.
 
+use super::local::DownWarning;
 use crate::config::ForwardSpec;
 use crate::protocol::{encode_datagram, CodecError, STREAM_CONNECTED};
 use crate::transport::datagram::{read_frames, write_frames, DatagramQueue};
@@ -47,7 +49,12 @@ pub async fn resolve(spec: &ForwardSpec) -> std::io::Result<SocketAddr> {
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
 }
 
-fn open_peer(peer: u32, target: SocketAddr, queue: &DatagramQueue) -> std::io::Result<LocalPeer> {
+fn open_peer(
+    peer: u32,
+    target: SocketAddr,
+    queue: &DatagramQueue,
+    down: &Arc<DownWarning>,
+) -> std::io::Result<LocalPeer> {
     let any: IpAddr = if target.is_ipv4() {
         Ipv4Addr::UNSPECIFIED.into()
     } else {
@@ -57,16 +64,22 @@ fn open_peer(peer: u32, target: SocketAddr, queue: &DatagramQueue) -> std::io::R
     std_sock.connect(target)?;
     std_sock.set_nonblocking(true)?;
     let socket = Arc::new(UdpSocket::from_std(std_sock)?);
-    let (s, q) = (socket.clone(), queue.clone());
+    let (s, q, down) = (socket.clone(), queue.clone(), down.clone());
     let reader = tokio::spawn(async move {
         let mut buf = vec![0u8; RECV_BUF];
         loop {
             match s.recv(&mut buf).await {
                 Ok(n) => {
+                    down.answered();
                     q.push(encode_datagram(peer, &buf[..n]));
                 }
-                // The local service is not listening (ICMP): keep the peer, drop the error.
-                Err(e) => debug!(error = %e, "local udp receive error"),
+                // Most often the local service is not listening (an ICMP "port
+                // unreachable", reported once per datagram): say so, rate-limited like
+                // a refused TCP dial, and keep the peer for when the service is back.
+                Err(e) => {
+                    debug!(error = %e, "local udp receive error");
+                    down.report(&e);
+                }
             }
         }
     });
@@ -77,11 +90,12 @@ fn open_peer(peer: u32, target: SocketAddr, queue: &DatagramQueue) -> std::io::R
 }
 
 /// Serves a UDP forward's stream until it ends (Ok) or carries garbage (Err).
-pub async fn serve<S>(
+pub(crate) async fn serve<S>(
     mut stream: S,
     target: SocketAddr,
     limits: UdpLimits,
     peers: Arc<Mutex<PeerTable<LocalPeer>>>,
+    down: Arc<DownWarning>,
 ) -> Result<(), CodecError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -97,7 +111,7 @@ where
         let mut table = lock();
         let socket = match table.touch(peer, now) {
             Some(p) => p.socket.clone(),
-            None => match open_peer(peer, target, &queue) {
+            None => match open_peer(peer, target, &queue, &down) {
                 Ok(p) => {
                     let s = p.socket.clone();
                     table.insert(peer, p, now);
@@ -109,7 +123,11 @@ where
         drop(table);
         // A direct send: tokio's try_send reports WouldBlock on a socket whose
         // writability it has not seen yet, which would drop each peer's first datagram.
-        let _ = socket2::SockRef::from(&*socket).send(&payload);
+        // A refusal the reader has not taken yet may surface here instead.
+        if let Err(e) = socket2::SockRef::from(&*socket).send(&payload) {
+            debug!(error = %e, "local udp send error");
+            down.report(&e);
+        }
     });
     let sweeper = async {
         loop {
@@ -153,6 +171,13 @@ mod tests {
         a
     }
 
+    fn down(target: SocketAddr) -> Arc<DownWarning> {
+        let spec: ForwardSpec = format!("udp:{}:{}:0", target.ip(), target.port())
+            .parse()
+            .unwrap();
+        Arc::new(DownWarning::new(&spec))
+    }
+
     #[tokio::test]
     async fn idle_peers_expire_their_sockets_close_and_the_cap_holds() {
         let target = echo().await;
@@ -163,7 +188,7 @@ mod tests {
         let table = new_table(limits);
         let (ours, mut theirs) = tokio::io::duplex(1 << 20);
         let t2 = table.clone();
-        let task = tokio::spawn(async move { serve(ours, target, limits, t2).await });
+        let task = tokio::spawn(async move { serve(ours, target, limits, t2, down(target)).await });
         let mut status = [0u8; 1];
         theirs.read_exact(&mut status).await.unwrap();
         let mut framed = Framed::new(theirs, datagram_codec());
@@ -206,8 +231,9 @@ mod tests {
             idle: Duration::from_secs(60),
         };
         let (ours, mut theirs) = tokio::io::duplex(1024);
-        let task =
-            tokio::spawn(async move { serve(ours, target, limits, new_table(limits)).await });
+        let task = tokio::spawn(async move {
+            serve(ours, target, limits, new_table(limits), down(target)).await
+        });
         let mut status = [0u8; 1];
         theirs.read_exact(&mut status).await.unwrap();
         theirs

@@ -81,6 +81,10 @@ pub struct Rules {
     /// http forwards: Caddy names the visitor in a request header.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub visitor_header: bool,
+    /// http forwards with `auth=oidc`: the `oidc-allow` patterns (every node's Caddy
+    /// asks its own node's sign-in gate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sign_in: Option<Vec<String>>,
 }
 
 /// The answer to a claim.
@@ -90,6 +94,22 @@ pub enum Claimed {
     Granted,
     /// Another owner holds it.
     Taken(Holder),
+    /// The directory has just started over (restarted empty, or a replica took over
+    /// that may have missed writes): a key it does not hold may still be served by a
+    /// live node that has not re-asserted it yet, so it is granted to nobody for the
+    /// time left (one lease from the new start).
+    Recovering(Duration),
+}
+
+/// What a renewal found for one claim of this node's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewed {
+    /// Still ours; the lease runs again from the renewal.
+    Kept,
+    /// Gone from the directory (it forgot: restart, failover) and written back as ours.
+    Reasserted,
+    /// Someone else holds it now: this node must stop serving it.
+    Lost(Holder),
 }
 
 /// A node of the cluster, as it registers itself.
@@ -100,6 +120,27 @@ pub struct NodeInfo {
     pub peer: String,
     /// Unix seconds of its last registration.
     pub seen: u64,
+    /// How often the node renews, in milliseconds: two renewals missed make it `down`.
+    #[serde(default)]
+    pub every_ms: u64,
+    /// The lease its registration is written under, in milliseconds.
+    #[serde(default)]
+    pub lease_ms: u64,
+    /// Filled in by [`Directory::nodes`]: how long ago the node last renewed, by the
+    /// directory's own clock (`None` when the directory cannot say).
+    #[serde(skip)]
+    pub since_renewal: Option<Duration>,
+}
+
+impl NodeInfo {
+    /// Has the node renewed within two of its intervals (plus one call's time)? A node
+    /// that has missed two renewals is `down`, though its registration lasts a lease.
+    pub fn is_up(&self) -> bool {
+        match self.since_renewal {
+            Some(ago) => ago <= Duration::from_millis(self.every_ms) * 2 + DIR_CALL_TIMEOUT,
+            None => true,
+        }
+    }
 }
 
 /// What changed in the directory, for nodes that listen on every claimed port.
@@ -113,7 +154,8 @@ pub enum DirEvent {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DirError {
-    /// An outage: the directory cannot be reached or did not answer in time.
+    /// An outage: the directory cannot be reached or did not answer in time; `detail`
+    /// says what failed and where (for `/api/cluster` and the log).
     #[error("cluster directory unavailable")]
     Unavailable { detail: String },
     /// The directory holds something we did not write (our bug, or a foreign writer).
@@ -131,13 +173,15 @@ pub trait Directory: Send + Sync {
         lease: Duration,
     ) -> BoxFuture<'a, Result<Claimed, DirError>>;
 
-    /// Extends the lease if `holder` still holds `key`; `false` when it does not.
-    fn renew<'a>(
+    /// One round trip for a node's whole state: registers `node`, and renews each of
+    /// `held` that is still its own, writes back those the directory forgot, and says
+    /// which are lost; answers in `held`'s order. Its lease counts from before the call.
+    fn renew_all<'a>(
         &'a self,
-        key: &'a ClaimKey,
-        holder: &'a Holder,
+        node: &'a NodeInfo,
+        held: &'a [(ClaimKey, Holder)],
         lease: Duration,
-    ) -> BoxFuture<'a, Result<bool, DirError>>;
+    ) -> BoxFuture<'a, Result<Vec<Renewed>, DirError>>;
 
     /// Frees `key` if `holder` holds it (compare-and-delete); `false` when it did not.
     fn release<'a>(

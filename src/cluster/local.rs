@@ -61,14 +61,26 @@ impl Directory for LocalDirectory {
         futures::future::ready(Ok(answer)).boxed()
     }
 
-    fn renew<'a>(
+    fn renew_all<'a>(
         &'a self,
-        key: &'a ClaimKey,
-        holder: &'a Holder,
-        _lease: Duration,
-    ) -> BoxFuture<'a, Result<bool, DirError>> {
-        let held = self.lock().claims.get(key) == Some(holder);
-        futures::future::ready(Ok(held)).boxed()
+        node: &'a NodeInfo,
+        held: &'a [(ClaimKey, Holder)],
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Renewed>, DirError>> {
+        drop(self.register_node(node, lease));
+        let mut inner = self.lock();
+        let answers = held
+            .iter()
+            .map(|(key, holder)| match inner.claims.get(key) {
+                Some(h) if h == holder => Renewed::Kept,
+                Some(h) => Renewed::Lost(h.clone()),
+                None => {
+                    inner.claims.insert(key.clone(), holder.clone());
+                    Renewed::Reasserted
+                }
+            })
+            .collect();
+        futures::future::ready(Ok(answers)).boxed()
     }
 
     fn release<'a>(

@@ -12,9 +12,11 @@
 mod directory;
 mod local;
 mod redis;
+mod scripts;
 
 pub use self::redis::RedisDirectory;
 pub use directory::{
-    ClaimKey, Claimed, DirError, DirEvent, Directory, Holder, NodeInfo, Rules, DIR_CALL_TIMEOUT,
+    ClaimKey, Claimed, DirError, DirEvent, Directory, Holder, NodeInfo, Renewed, Rules,
+    DIR_CALL_TIMEOUT,
 };
 pub use local::LocalDirectory;

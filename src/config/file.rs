@@ -26,10 +26,15 @@ pub struct ServerFile {
     pub udp_idle_timeout: Option<Duration>,
     pub admin: Option<String>,
     pub admin_token: Option<String>,
+    /// Names the admin answers besides its own address (`piped --admin-host`).
+    pub admin_host: Option<Vec<String>>,
     pub domain: Option<String>,
     pub caddy_admin: Option<String>,
     pub caddy_server: Option<String>,
     pub caddy_tls_policy: Option<bool>,
+    pub oidc_issuer: Option<String>,
+    pub oidc_client_id: Option<String>,
+    pub oidc_client_secret_file: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_self_signed: Option<bool>,
@@ -49,6 +54,9 @@ pub struct ServerFile {
     pub node: Option<String>,
     pub peer_listen: Option<String>,
     pub peer_advertise: Option<String>,
+    pub cluster_secret: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub cluster_lease: Option<Duration>,
     pub log_format: Option<String>,
 }
 
@@ -59,6 +67,8 @@ pub struct ClientFile {
     #[serde(default, deserialize_with = "one_or_many")]
     pub server: Option<Vec<String>>,
     pub user: Option<String>,
+    /// What the server's admin page calls this client (`pipec --name`).
+    pub name: Option<String>,
     pub token: Option<String>,
     #[serde(default)]
     pub forward: Vec<ForwardTable>,
@@ -74,6 +84,8 @@ pub struct ClientFile {
     #[serde(default, with = "humantime_serde")]
     pub reconnect_max: Option<Duration>,
     pub retry_forever: Option<bool>,
+    /// `auto` or a number (`pipec --connections`).
+    pub connections: Option<toml::Value>,
     #[serde(default, with = "humantime_serde")]
     pub udp_idle_timeout: Option<Duration>,
     pub udp_max_peers: Option<usize>,
@@ -82,6 +94,8 @@ pub struct ClientFile {
     pub inspect: Option<String>,
     /// The inspector API's bearer token (`pipec --inspect-token`).
     pub inspect_token: Option<String>,
+    /// Names the inspector answers besides its own address (`pipec --inspect-host`).
+    pub inspect_host: Option<Vec<String>>,
 }
 
 /// One `[[forward]]` table.
@@ -108,6 +122,11 @@ pub struct ForwardTable {
     pub basic_auth: Option<String>,
     /// `v1` or `v2`: a PROXY header toward the local service.
     pub proxy_protocol: Option<String>,
+    /// `oidc`: visitors sign in at the server's OpenID Connect issuer.
+    pub auth: Option<String>,
+    /// With `auth = "oidc"`: emails, `*@DOMAIN` or `group:NAME` let in.
+    #[serde(default)]
+    pub oidc_allow: Vec<String>,
     /// Record this forward's HTTP exchanges in the inspector.
     pub inspect: Option<bool>,
 }

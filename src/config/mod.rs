@@ -6,12 +6,17 @@
 
 pub mod cli;
 pub mod file;
+mod oidc;
 mod options;
 mod servers;
 mod values;
 
+pub use oidc::{check_issuer, ClientSecret, OidcConfig, CLIENT_SECRET_ENV};
 pub use servers::{host_of, with_default_port, ServerAddr};
-pub use values::{valid_subdomain, Endpoint, ForwardSpec, PortSet, Rate, DEFAULT_LOCAL_HOST};
+pub use values::{
+    valid_subdomain, Connections, Endpoint, ForwardSpec, PortSet, Rate, DEFAULT_LOCAL_HOST,
+    MAX_CONNECTIONS,
+};
 
 use crate::auth::Token;
 use crate::protocol::{Cidr, Proto};
@@ -108,6 +113,47 @@ pub fn listen_addr(s: &str) -> String {
     }
 }
 
+/// A listen address as given (`PORT` or `HOST:PORT`), checked for its shape so that a
+/// typo is a usage error (exit 2), not a failure to bind; the host is resolved when
+/// binding.
+///
+/// ```
+/// use pipe::config::checked_listen_addr;
+/// assert_eq!(checked_listen_addr("listen", "9000").unwrap(), "0.0.0.0:9000");
+/// assert_eq!(checked_listen_addr("listen", "[::1]:0").unwrap(), "[::1]:0");
+/// assert_eq!(checked_listen_addr("listen", "localhost:8910").unwrap(), "localhost:8910");
+/// let e = checked_listen_addr("listen", "8910x").unwrap_err().to_string();
+/// assert_eq!(e, "invalid listen \"8910x\": expected PORT or HOST:PORT, e.g. 8910 or 127.0.0.1:8910");
+/// let e = checked_listen_addr("listen", "127.0.0.1:99999").unwrap_err().to_string();
+/// assert!(e.ends_with("the port is a number from 0 to 65535"), "{e}");
+/// ```
+pub fn checked_listen_addr(key: &str, s: &str) -> Result<String, ConfigError> {
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    let port = s.rsplit_once(':').map_or(s, |(_, p)| p);
+    let host_ok = s
+        .rsplit_once(':')
+        .is_none_or(|(h, _)| !h.is_empty() && !h.contains(char::is_whitespace));
+    if !digits(port) || !host_ok {
+        return Err(format!(
+            "invalid {key} {s:?}: expected PORT or HOST:PORT, e.g. {DEFAULT_PORT} or 127.0.0.1:{DEFAULT_PORT}"
+        )
+        .into());
+    }
+    if port.parse::<u16>().is_err() {
+        return Err(format!("invalid {key} {s:?}: the port is a number from 0 to 65535").into());
+    }
+    Ok(listen_addr(s))
+}
+
+/// A repeatable flag's values, else the config file's list.
+fn or_list(flags: Vec<String>, file: Option<Vec<String>>) -> Vec<String> {
+    if flags.is_empty() {
+        file.unwrap_or_default()
+    } else {
+        flags
+    }
+}
+
 fn positive(name: &str, v: usize) -> Result<usize, ConfigError> {
     if v == 0 {
         return Err(format!("{name} must be at least 1").into());
@@ -183,10 +229,14 @@ pub struct ServerConfig {
     pub udp_idle_timeout: Duration,
     pub admin: Option<String>,
     pub admin_token: Option<Token>,
+    /// Host names the admin answers besides its own address, localhost and loopback.
+    pub admin_host: Vec<String>,
     pub domain: Option<String>,
     pub caddy_admin: Option<String>,
     pub caddy_server: String,
     pub caddy_tls_policy: bool,
+    /// Sign-in for `auth=oidc` forwards (`--oidc-issuer`).
+    pub oidc: Option<OidcConfig>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// TLS with a key and certificate of the server's own (ignored with `tls_cert`).
@@ -209,13 +259,34 @@ pub struct ServerConfig {
 /// What a node of a cluster needs beyond a single server's settings.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// The directory, `redis://HOST:PORT[/DB]`.
+    /// The directory, `redis://HOST:PORT[/DB]` or `redis+sentinel://…/MASTER`.
     pub url: String,
     pub node: String,
     /// Where the peer listener binds.
     pub peer_listen: String,
     /// What other nodes dial; the bound peer address when `None`.
     pub peer_advertise: Option<String>,
+    /// What peer links prove: only nodes hold it.
+    pub secret: Token,
+    /// How long a claim outlives its node's last renewal.
+    pub lease: Duration,
+}
+
+/// The lease of a cluster's claims unless `--cluster-lease` says otherwise: it rides
+/// out a 30 s Redis restart (a node fences at nine tenths of it, 40.5 s, and renews
+/// every 3 s); a dead node's clients take their claims back at once by proof, so a
+/// longer lease only delays *other* clients taking an abandoned port.
+pub const DEFAULT_CLUSTER_LEASE: Duration = Duration::from_secs(45);
+/// The shortest lease: a few directory calls (1 s each at most) must fit in it.
+pub const MIN_CLUSTER_LEASE: Duration = Duration::from_secs(3);
+
+/// The cluster's settings beyond the URL, as given.
+struct ClusterArgs {
+    node: Option<String>,
+    peer_listen: Option<String>,
+    peer_advertise: Option<String>,
+    secret: Option<String>,
+    lease: Option<Duration>,
 }
 
 /// A node name: what `pipe:node:NAME` keys and `/api/cluster` show.
@@ -233,13 +304,50 @@ pub fn valid_node_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// `redis+sentinel://H:P[,H:P…]/MASTER`: the Sentinels' addresses and the master's
+/// name; `None` when the URL is not of that form.
+///
+/// ```
+/// use pipe::config::parse_sentinel_url;
+/// let (hosts, master) = parse_sentinel_url("redis+sentinel://h1:26379,h2:26380/mymaster").unwrap();
+/// assert_eq!((hosts.len(), master.as_str()), (2, "mymaster"));
+/// for bad in ["redis+sentinel://h:1", "redis+sentinel://h/m", "redis+sentinel://h:1/a b", "redis://h:1/m"] {
+///     assert!(parse_sentinel_url(bad).is_none(), "{bad}");
+/// }
+/// ```
+pub fn parse_sentinel_url(url: &str) -> Option<(Vec<String>, String)> {
+    let rest = url.strip_prefix("redis+sentinel://")?;
+    let (hosts, master) = rest.split_once('/')?;
+    let master = master.trim_end_matches('/');
+    let hosts: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+        .collect();
+    let ok = !hosts.is_empty()
+        && hosts.iter().all(|h| {
+            h.rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        })
+        && !master.is_empty()
+        && master
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    ok.then(|| (hosts, master.to_string()))
+}
+
 fn cluster_config(
     url: Option<String>,
-    node: Option<String>,
-    peer_listen: Option<String>,
-    peer_advertise: Option<String>,
-    has_token: bool,
+    args: ClusterArgs,
 ) -> Result<Option<ClusterConfig>, ConfigError> {
+    let ClusterArgs {
+        node,
+        peer_listen,
+        peer_advertise,
+        secret,
+        lease,
+    } = args;
     let Some(url) = url.filter(|u| !u.is_empty()) else {
         // Given as a flag or key, they are a mistake without a cluster; from the
         // environment (one image for every machine, with or without a cluster) they
@@ -249,17 +357,24 @@ fn cluster_config(
         };
         if !(from_env(&node, "PIPE_NODE")
             && from_env(&peer_listen, "PIPE_PEER_LISTEN")
-            && from_env(&peer_advertise, "PIPE_PEER_ADVERTISE"))
+            && from_env(&peer_advertise, "PIPE_PEER_ADVERTISE")
+            && from_env(&secret, "PIPE_CLUSTER_SECRET"))
+            || (lease.is_some() && std::env::var_os("PIPE_CLUSTER_LEASE").is_none())
         {
-            return Err("node, peer-listen and peer-advertise need --cluster"
-                .to_string()
-                .into());
+            return Err(
+                "node, peer-listen, peer-advertise, cluster-secret and cluster-lease need --cluster"
+                    .to_string()
+                    .into(),
+            );
         }
         return Ok(None);
     };
-    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+    let sentinel = url.starts_with("redis+sentinel://");
+    if sentinel && parse_sentinel_url(&url).is_none()
+        || !(sentinel || url.starts_with("redis://") || url.starts_with("rediss://"))
+    {
         return Err(format!(
-            "invalid cluster URL {:?}: expected redis://HOST:PORT[/DB] or rediss://…",
+            "invalid cluster URL {:?}: expected redis://HOST:PORT[/DB], rediss://… or redis+sentinel://HOST:PORT[,HOST:PORT…]/MASTER",
             url.chars().take(64).collect::<String>()
         )
         .into());
@@ -285,18 +400,28 @@ fn cluster_config(
             "--cluster needs --peer-listen ADDR (where the other nodes reach this one)".into(),
         )
     })?;
-    if !has_token {
-        return Err(
-            "--cluster needs --token: the nodes prove themselves to each other with it"
-                .to_string()
+    let secret = secret.filter(|s| !s.is_empty()).ok_or_else(|| {
+        ConfigError(
+            "--cluster needs --cluster-secret (or PIPE_CLUSTER_SECRET): the nodes prove themselves to each other with it, and clients never hold it; `piped token new` makes one"
                 .into(),
-        );
+        )
+    })?;
+    let lease = lease.unwrap_or(DEFAULT_CLUSTER_LEASE);
+    if lease < MIN_CLUSTER_LEASE {
+        return Err(format!(
+            "cluster-lease {} is too short: at least {}",
+            humantime::format_duration(lease),
+            humantime::format_duration(MIN_CLUSTER_LEASE)
+        )
+        .into());
     }
     Ok(Some(ClusterConfig {
         url,
         node,
         peer_listen: listen_addr(&peer_listen),
         peer_advertise,
+        secret: Token::new(secret),
+        lease,
     }))
 }
 
@@ -348,12 +473,25 @@ impl ServerConfig {
             .map(Token::new);
         let cluster = cluster_config(
             a.cluster.or(f.cluster),
-            a.node.or(f.node),
-            a.peer_listen.or(f.peer_listen),
-            a.peer_advertise.or(f.peer_advertise),
-            token.is_some(),
+            ClusterArgs {
+                node: a.node.or(f.node),
+                peer_listen: a.peer_listen.or(f.peer_listen),
+                peer_advertise: a.peer_advertise.or(f.peer_advertise),
+                secret: a.cluster_secret.or(f.cluster_secret),
+                lease: a.cluster_lease.or(f.cluster_lease),
+            },
+        )?;
+        let oidc = oidc::from_parts(
+            oidc::Parts {
+                issuer: a.oidc_issuer.or(f.oidc_issuer),
+                client_id: a.oidc_client_id.or(f.oidc_client_id),
+                secret_file: a.oidc_client_secret_file.or(f.oidc_client_secret_file),
+                secret_env: std::env::var(CLIENT_SECRET_ENV).ok(),
+            },
+            domain.is_some(),
         )?;
         let cfg = ServerConfig {
+            oidc,
             cluster,
             users,
             max_sessions: positive(
@@ -362,11 +500,12 @@ impl ServerConfig {
                     .or(f.max_sessions)
                     .unwrap_or(DEFAULT_MAX_SESSIONS),
             )?,
-            listen: listen_addr(
+            listen: checked_listen_addr(
+                "listen",
                 &a.listen
                     .or(f.listen)
                     .unwrap_or_else(|| DEFAULT_LISTEN.into()),
-            ),
+            )?,
             token,
             bind_addr,
             udp_bind_addr,
@@ -411,12 +550,17 @@ impl ServerConfig {
                 .udp_idle_timeout
                 .or(f.udp_idle_timeout)
                 .unwrap_or(DEFAULT_UDP_IDLE_TIMEOUT),
-            admin: a.admin.or(f.admin).map(|s| listen_addr(&s)),
+            admin: a
+                .admin
+                .or(f.admin)
+                .map(|s| checked_listen_addr("admin", &s))
+                .transpose()?,
             admin_token: a
                 .admin_token
                 .or(f.admin_token)
                 .filter(|t| !t.is_empty())
                 .map(Token::new),
+            admin_host: or_list(a.admin_host, f.admin_host),
             domain,
             caddy_admin,
             caddy_server: a
@@ -478,6 +622,8 @@ pub struct ClientConfig {
     /// The servers' control listeners, in the order they are tried (never empty).
     pub servers: Vec<ServerAddr>,
     pub user: Option<String>,
+    /// What the server's admin page calls this client: `--name`, else the host name.
+    pub name: String,
     pub token: Option<Token>,
     pub forwards: Vec<ForwardSpec>,
     pub tls: bool,
@@ -488,6 +634,8 @@ pub struct ClientConfig {
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub reconnect_max: Duration,
+    /// Connections kept to the server, joined as one client.
+    pub connections: Connections,
     /// Retry an unresolvable name at the first connect and login refusals instead of
     /// exiting.
     pub retry_forever: bool,
@@ -495,9 +643,57 @@ pub struct ClientConfig {
     pub udp_max_peers: usize,
     /// The inspector's address, when it runs.
     pub inspect: Option<String>,
+    /// `inspect` is the default address, not one the user gave: when it is busy the
+    /// inspector takes the next free port.
+    pub inspect_next_free: bool,
+    /// Host names the inspector answers besides its own address, localhost and loopback.
+    pub inspect_host: Vec<String>,
     /// The bearer token its API requires, if any.
     pub inspect_token: Option<Token>,
     pub log: LogConfig,
+}
+
+/// A `--name` as given: printable, 1 to `MAX_CLIENT_NAME` characters.
+///
+/// ```
+/// use pipe::config::client_name;
+/// assert_eq!(client_name("build-runner-3").unwrap(), "build-runner-3");
+/// assert!(client_name("").is_err());
+/// assert!(client_name("a\tb").is_err());
+/// assert!(client_name(&"x".repeat(65)).is_err());
+/// ```
+pub fn client_name(name: &str) -> Result<String, ConfigError> {
+    let max = crate::protocol::MAX_CLIENT_NAME;
+    let ok = !name.trim().is_empty()
+        && name.chars().count() <= max
+        && !name.chars().any(char::is_control);
+    if ok {
+        Ok(name.trim().to_string())
+    } else {
+        Err(
+            format!("invalid --name {name:?}: give 1 to {max} characters, no control characters")
+                .into(),
+        )
+    }
+}
+
+/// This machine's host name, or empty when it cannot be read.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The config file's `connections` key: `"auto"` or a number.
+fn connections_key(v: &toml::Value) -> Result<Connections, ConfigError> {
+    let text = match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(n) => n.to_string(),
+        other => other.to_string(),
+    };
+    text.parse::<Connections>()
+        .map_err(|e| format!("connections: {e}").into())
 }
 
 impl ClientConfig {
@@ -537,12 +733,18 @@ impl ClientConfig {
             a.heartbeat_timeout.or(f.heartbeat_timeout),
         )?;
         let tls_ca = a.tls_ca.or(f.tls_ca);
-        // A forward asking to be inspected starts the inspector on its default address.
+        // A forward asking to be inspected starts the inspector on its default address,
+        // as does a bare `--inspect` (given as "").
         let inspect = a.inspect.or(f.inspect).or_else(|| {
             forwards
                 .iter()
                 .any(|f| f.inspect == Some(true))
-                .then(|| crate::client::inspect::DEFAULT_ADDR.to_string())
+                .then(String::new)
+        });
+        let inspect_next_free = inspect.as_deref() == Some("");
+        let inspect = inspect.map(|a| match a.as_str() {
+            "" => crate::client::inspect::DEFAULT_ADDR.to_string(),
+            _ => a,
         });
         let tls_fingerprint = match (a.tls_fingerprint, f.tls_fingerprint) {
             (Some(fp), _) => Some(fp),
@@ -559,9 +761,14 @@ impl ClientConfig {
                 .into());
             }
         }
+        let name = match a.name.or(f.name) {
+            Some(n) => client_name(&n)?,
+            None => crate::auth::tidy_name(&host_name()),
+        };
         Ok(ClientConfig {
             servers,
             user,
+            name,
             token: a
                 .token
                 .or(f.token)
@@ -579,6 +786,11 @@ impl ClientConfig {
                 .or(f.reconnect_max)
                 .unwrap_or(DEFAULT_RECONNECT_MAX),
             retry_forever: a.retry_forever || f.retry_forever.unwrap_or(false),
+            connections: match (a.connections, f.connections) {
+                (Some(c), _) => c,
+                (None, Some(v)) => connections_key(&v)?,
+                (None, None) => Connections::Auto,
+            },
             udp_idle_timeout: a
                 .udp_idle_timeout
                 .or(f.udp_idle_timeout)
@@ -590,6 +802,8 @@ impl ClientConfig {
                     .unwrap_or(DEFAULT_UDP_MAX_PEERS),
             )?,
             inspect,
+            inspect_next_free,
+            inspect_host: or_list(a.inspect_host, f.inspect_host),
             inspect_token: a
                 .inspect_token
                 .or(f.inspect_token)
@@ -630,13 +844,15 @@ fn forward_from_table(t: file::ForwardTable) -> Result<ForwardSpec, ConfigError>
         remote_port: t.remote_port,
         subdomain: t.subdomain,
         speed_limit: t.speed_limit.map(|r| r.0),
-        options: options::from_table(
-            t.name.as_deref(),
-            &t.allow,
-            &t.deny,
-            t.basic_auth.as_deref(),
-            t.proxy_protocol.as_deref(),
-        )
+        options: options::from_table(options::Table {
+            name: t.name.as_deref(),
+            allow: &t.allow,
+            deny: &t.deny,
+            basic_auth: t.basic_auth.as_deref(),
+            proxy_protocol: t.proxy_protocol.as_deref(),
+            auth: t.auth.as_deref(),
+            oidc_allow: &t.oidc_allow,
+        })
         .map_err(|e| format!("[[forward]]: {e}"))?,
         inspect: t.inspect,
     };

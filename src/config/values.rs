@@ -227,9 +227,37 @@ impl ForwardSpec {
     }
 }
 
-fn parse_port(s: &str, what: &str, spec: &str) -> Result<u16, String> {
-    s.parse()
-        .map_err(|_| format!("invalid {what} {s:?} in forward {spec:?}"))
+/// Which port of a forward spec, for the range its error states.
+#[derive(Clone, Copy)]
+enum PortKind {
+    Local,
+    Remote,
+}
+
+fn parse_port(s: &str, kind: PortKind, spec: &str) -> Result<u16, String> {
+    let (what, range) = match kind {
+        PortKind::Local => ("local port", "1 to 65535"),
+        PortKind::Remote => ("remote port", "0 to 65535 (0 lets the server pick one)"),
+    };
+    s.parse().map_err(|_| {
+        let is_number = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let said = if is_number { "a port is" } else { "expected" };
+        format!("invalid {what} {s:?} in forward {spec:?}: {said} a number from {range}")
+    })
+}
+
+/// What the first part of a forward spec is when its protocol was left out: a port, an
+/// address, `localhost` (an unknown word is more likely a misspelt protocol).
+fn looks_like_port_or_host(s: &str) -> bool {
+    looks_numeric(s)
+        || s.eq_ignore_ascii_case(DEFAULT_LOCAL_HOST)
+        || s.starts_with('[')
+        || s.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// True for the shape of a port number (digits only), valid or not.
+fn looks_numeric(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Splits `a:b:[v6]:c` into parts, keeping bracketed IPv6 hosts whole.
@@ -295,6 +323,12 @@ pub fn valid_subdomain(s: &str) -> bool {
 /// let f: ForwardSpec = "udp:53".parse().unwrap();
 /// assert_eq!((f.proto, f.local_port, f.remote_port), (Proto::Udp, 53, 0));
 /// assert!("tcp:1:2:3:4".parse::<ForwardSpec>().is_err());
+/// let e = "3000:9000".parse::<ForwardSpec>().unwrap_err();
+/// assert!(e.ends_with("it names no protocol; write tcp:3000:9000 (or udp:3000:9000)"), "{e}");
+/// let e = "tcp:localhost:3000".parse::<ForwardSpec>().unwrap_err();
+/// assert!(e.contains("tcp:localhost:3000:0 lets the server pick"), "{e}");
+/// let e = "tcp:3000:99999".parse::<ForwardSpec>().unwrap_err();
+/// assert!(e.ends_with("a port is a number from 0 to 65535 (0 lets the server pick one)"), "{e}");
 /// assert!("70000".parse::<ForwardSpec>().is_err());
 /// assert!("sctp:1:2".parse::<ForwardSpec>().is_err());
 /// assert!("http:3000:Bad_Name".parse::<ForwardSpec>().is_err());
@@ -320,8 +354,10 @@ impl FromStr for ForwardSpec {
 
 fn parse_spec(spec: &str) -> Result<ForwardSpec, String> {
     // The one-liner: `--forward 3000`.
-    if !spec.is_empty() && spec.bytes().all(|b| b.is_ascii_digit()) {
-        return parse_spec(&format!("tcp:{spec}:0"));
+    if looks_numeric(spec) {
+        let mut f = parse_spec("tcp:1:0")?;
+        f.local_port = parse_port(spec, PortKind::Local, spec)?;
+        return Ok(f);
     }
     let (proto, rest) = spec
         .split_once(':')
@@ -330,6 +366,12 @@ fn parse_spec(spec: &str) -> Result<ForwardSpec, String> {
         "tcp" => Proto::Tcp,
         "udp" => Proto::Udp,
         "http" => Proto::Http,
+        // `3000:9000`, `localhost:3000:9000`: the protocol left out.
+        p if looks_like_port_or_host(p) && parse_spec(&format!("tcp:{spec}")).is_ok() => {
+            return Err(format!(
+                "invalid forward {spec:?}: it names no protocol; write tcp:{spec} (or udp:{spec})"
+            ))
+        }
         p => {
             return Err(format!(
                 "invalid forward {spec:?}: unknown protocol {p:?} (tcp, udp or http)"
@@ -350,18 +392,18 @@ fn parse_spec(spec: &str) -> Result<ForwardSpec, String> {
     if proto == Proto::Http {
         let is_port = |s: &str| s.parse::<u16>().is_ok();
         match parts.as_slice() {
-            [p] => f.local_port = parse_port(p, "local port", spec)?,
+            [p] => f.local_port = parse_port(p, PortKind::Local, spec)?,
             [a, b] if is_port(a) => {
-                f.local_port = parse_port(a, "local port", spec)?;
+                f.local_port = parse_port(a, PortKind::Local, spec)?;
                 f.subdomain = Some(b.clone());
             }
             [h, p] => {
                 f.local_host = unbracket(h);
-                f.local_port = parse_port(p, "local port", spec)?;
+                f.local_port = parse_port(p, PortKind::Local, spec)?;
             }
             [h, p, s] => {
                 f.local_host = unbracket(h);
-                f.local_port = parse_port(p, "local port", spec)?;
+                f.local_port = parse_port(p, PortKind::Local, spec)?;
                 f.subdomain = Some(s.clone());
             }
             _ => {
@@ -372,15 +414,23 @@ fn parse_spec(spec: &str) -> Result<ForwardSpec, String> {
         }
     } else {
         match parts.as_slice() {
-            [l] => f.local_port = parse_port(l, "local port", spec)?,
+            [l] => f.local_port = parse_port(l, PortKind::Local, spec)?,
+            // `tcp:localhost:3000`: a host and one port; the remote port is missing.
+            [h, l] if !looks_numeric(h) && looks_numeric(l) => {
+                return Err(format!(
+                    "invalid forward {spec:?}: {h:?} is not a port; with a local host give both \
+                     ports, {proto}:{h}:{l}:REMOTE_PORT ({proto}:{h}:{l}:0 lets the server \
+                     pick the remote port)"
+                ))
+            }
             [l, r] => {
-                f.local_port = parse_port(l, "local port", spec)?;
-                f.remote_port = parse_port(r, "remote port", spec)?;
+                f.local_port = parse_port(l, PortKind::Local, spec)?;
+                f.remote_port = parse_port(r, PortKind::Remote, spec)?;
             }
             [h, l, r] => {
                 f.local_host = unbracket(h);
-                f.local_port = parse_port(l, "local port", spec)?;
-                f.remote_port = parse_port(r, "remote port", spec)?;
+                f.local_port = parse_port(l, PortKind::Local, spec)?;
+                f.remote_port = parse_port(r, PortKind::Remote, spec)?;
             }
             _ => {
                 return Err(format!(
@@ -393,6 +443,34 @@ fn parse_spec(spec: &str) -> Result<ForwardSpec, String> {
 }
 
 impl ForwardSpec {
+    /// How the inspector names this forward: its `name=` option, else its spec
+    /// without options (the local host only when it is not the default).
+    ///
+    /// ```
+    /// use pipe::config::ForwardSpec;
+    /// let label = |s: &str| s.parse::<ForwardSpec>().unwrap().label();
+    /// assert_eq!(label("http:3000:myapp"), "http:3000:myapp");
+    /// assert_eq!(label("http:3000"), "http:3000");
+    /// assert_eq!(label("tcp:127.0.0.1:8080:0,inspect=true"), "tcp:127.0.0.1:8080:0");
+    /// assert_eq!(label("tcp:5432:0,name=db"), "db");
+    /// ```
+    pub fn label(&self) -> String {
+        if let Some(name) = &self.options.name {
+            return name.clone();
+        }
+        // `local()` brackets an IPv6 host, as a spec writes it.
+        let mut out = match self.local_host.as_str() {
+            DEFAULT_LOCAL_HOST => format!("{}:{}", self.proto.as_str(), self.local_port),
+            _ => format!("{}:{}", self.proto.as_str(), self.local()),
+        };
+        match (&self.subdomain, self.proto) {
+            (Some(sub), _) => out.push_str(&format!(":{sub}")),
+            (None, Proto::Http) => {}
+            (None, _) => out.push_str(&format!(":{}", self.remote_port)),
+        }
+        out
+    }
+
     /// Whether the inspector (when running) records this forward's exchanges.
     pub fn inspected(&self) -> bool {
         self.inspect.unwrap_or(self.proto == Proto::Http)
@@ -475,6 +553,43 @@ impl fmt::Display for Endpoint {
             Endpoint::Tcp { host, port } if host.contains(':') => write!(f, "tcp:[{host}]:{port}"),
             Endpoint::Tcp { host, port } => write!(f, "tcp:{host}:{port}"),
             Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// How many connections `pipec` keeps to its server (`--connections`): `auto` (one on a
+/// fast link, a pool on a slow one; see `docs/BENCHMARKS.md`), or a fixed count.
+///
+/// ```
+/// use pipe::config::Connections;
+/// assert_eq!("auto".parse::<Connections>(), Ok(Connections::Auto));
+/// assert_eq!("4".parse::<Connections>(), Ok(Connections::Fixed(4)));
+/// assert!("0".parse::<Connections>().is_err());
+/// assert!("17".parse::<Connections>().is_err());
+/// assert!("many".parse::<Connections>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Connections {
+    #[default]
+    Auto,
+    Fixed(u16),
+}
+
+/// The most connections `--connections` may ask for (the server's cap, too).
+pub const MAX_CONNECTIONS: u16 = 16;
+
+impl FromStr for Connections {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(Connections::Auto);
+        }
+        match s.parse::<u16>() {
+            Ok(n) if (1..=MAX_CONNECTIONS).contains(&n) => Ok(Connections::Fixed(n)),
+            _ => Err(format!(
+                "invalid connection count {s:?}: give auto or a number from 1 to {MAX_CONNECTIONS}"
+            )),
         }
     }
 }

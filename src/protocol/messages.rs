@@ -10,8 +10,14 @@ pub const NONCE_LEN: usize = 32;
 pub const PROOF_LEN: usize = 32;
 /// Longest user name a login may carry.
 pub const MAX_USER_NAME: usize = 64;
+/// Characters of a client's name (`ClientMsg::Login::name`) the server keeps.
+pub const MAX_CLIENT_NAME: usize = 64;
+/// Longest server host (`ClientMsg::Login::server_host`) the server takes: a DNS name.
+pub const MAX_HOST_NAME: usize = 253;
 /// Length of the random id a `pipec` process keeps across reconnects.
 pub const CLIENT_ID_LEN: usize = 16;
+/// Length of the secret a session hands its client for joining more connections to it.
+pub const JOIN_KEY_LEN: usize = 32;
 
 /// The first frame a client sends on the control stream.
 ///
@@ -91,8 +97,18 @@ pub enum ClientMsg {
         /// HMAC-SHA256(token, nonce || client_id || user); all zeros on an open server.
         mac: [u8; NONCE_LEN],
         /// The next unused link of the client's proof chain: lets a reconnecting client
-        /// take over its own live claims, and nobody else.
+        /// take over its own live claims, and nobody else. All zeros in a join.
         proof: [u8; PROOF_LEN],
+        /// Join this connection to the live session whose `LoginOk` carried this key,
+        /// as one more link of the same client (protocol v5): no claims of its own,
+        /// the server opens visitor streams on it too. `None`: a session of its own.
+        join: Option<[u8; JOIN_KEY_LEN]>,
+        /// What the client calls itself (`pipec --name`, else its host name), for the
+        /// operator's eyes; the server keeps at most `MAX_CLIENT_NAME` characters.
+        name: String,
+        /// The server's host as the client dialled it: where visitors reach the
+        /// tunnels' ports, as the client prints them. Empty in a join.
+        server_host: String,
     },
     Forward(ForwardRequest),
     /// Stop a forward; the server frees its port.
@@ -100,6 +116,12 @@ pub enum ClientMsg {
         id: u32,
     },
     Heartbeat,
+    /// Whether the local service of forward `id` answered the latest visitor (sent
+    /// when that changes): the operator's page shows it.
+    LocalService {
+        id: u32,
+        up: bool,
+    },
 }
 
 /// Messages the server sends on the control stream after `ServerHello`.
@@ -107,9 +129,18 @@ pub enum ClientMsg {
 pub enum ServerMsg {
     LoginOk {
         session_id: u64,
+        /// The secret that joins more connections to this session (`Login::join`);
+        /// all zeros in the answer to a join.
+        join_key: [u8; JOIN_KEY_LEN],
+        /// How many connections this server lets one session have in all (protocol v5).
+        max_links: u16,
     },
     LoginRefused {
         reason: String,
+        /// `true`: this server cannot serve the client now (no cluster directory, at a
+        /// capacity cap) but another one, or this one later, may: try elsewhere. `false`:
+        /// the credentials are wrong, and no server will take them (exit 3).
+        retry: bool,
     },
     ForwardOk {
         id: u32,
@@ -121,6 +152,10 @@ pub enum ServerMsg {
     ForwardRefused {
         id: u32,
         reason: String,
+        /// `true`: refused for a reason of this server's (its cluster directory is
+        /// unavailable or recovering): another server, or this one later, may grant
+        /// it. `false`: the forward itself is refused (port taken, not allowed).
+        retry: bool,
     },
     /// The server closed a forward (operator action); the client must not re-register it.
     Closed {
@@ -128,6 +163,14 @@ pub enum ServerMsg {
         reason: String,
     },
     Heartbeat,
+    /// The server is ending this session, and says why before it goes (protocol v4):
+    /// `retry` when another server of the cluster can serve the client now (this node
+    /// lost its directory, or is stopping), else the reason is the client's (its token
+    /// was changed) and reconnecting here will say so again.
+    Ending {
+        reason: String,
+        retry: bool,
+    },
 }
 
 /// First frame of every data stream the server opens.

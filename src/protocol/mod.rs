@@ -18,17 +18,20 @@ pub use datagram::{
 };
 pub use messages::*;
 pub use options::{
-    check_forward_name, BasicAuth, Cidr, ForwardOptions, ProxyVersion, MAX_FORWARD_NAME, MAX_RULES,
+    check_forward_name, check_oidc_pattern, Auth, BasicAuth, Cidr, ForwardOptions, ProxyVersion,
+    MAX_FORWARD_NAME, MAX_OIDC_ALLOW, MAX_OIDC_PATTERN, MAX_RULES,
 };
 
 /// Wire protocol version. Bump it on any change that an older peer would misread;
 /// `Hello` and `ServerHello` keep their leading fields forever so that a peer of any
 /// version can read the other's version and name both in its refusal.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// First bytes of every `Hello`, so that a server can tell a stray HTTP request or a
 /// port scanner from an old `pipec` and say so in its log.
 pub const MAGIC: [u8; 4] = *b"PIPE";
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

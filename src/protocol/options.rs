@@ -21,6 +21,11 @@ pub const MAX_AUTH_USER: usize = 64;
 /// Longest basic-auth password: bcrypt reads only the first 72 bytes, so a longer one
 /// would be cut without a word.
 pub const MAX_AUTH_PASSWORD: usize = 72;
+/// `oidc-allow` patterns one forward may carry: a team's worth of people, domains and
+/// groups; each visitor is matched against all of them at every request.
+pub const MAX_OIDC_ALLOW: usize = 64;
+/// Longest `oidc-allow` pattern, in bytes: an email address is at most 254.
+pub const MAX_OIDC_PATTERN: usize = 254;
 
 /// An address range, `10.0.0.0/8`, `2001:db8::/32`; a bare address is a /32 or /128.
 ///
@@ -211,6 +216,77 @@ impl BasicAuth {
     }
 }
 
+/// How visitors of an http forward must prove who they are (`auth=…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Auth {
+    /// OpenID Connect sign-in at the server's issuer (`auth=oidc`).
+    Oidc,
+}
+
+impl FromStr for Auth {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "oidc" => Ok(Auth::Oidc),
+            _ => Err(format!("invalid auth {s:?}: oidc")),
+        }
+    }
+}
+
+/// Checks one `oidc-allow` pattern: an email address (`bob@partner.io`), every
+/// address of a domain (`*@example.com`) or a group (`group:NAME`). Emails and domains
+/// are compared without regard to case, so they must be given in lower case.
+///
+/// The characters are those an address or a group name needs and nothing a Caddy
+/// placeholder (`{…}`), a header list (`,`, spaces) or a log line could misread.
+///
+/// ```
+/// use pipe::protocol::check_oidc_pattern;
+/// for ok in ["bob@partner.io", "*@example.com", "group:staff", "group:team/ops"] {
+///     assert!(check_oidc_pattern(ok).is_ok(), "{ok}");
+/// }
+/// for bad in ["", "bob", "*@", "@example.com", "bob@", "Bob@x.io", "group:", "a b@x.io",
+///             "{http.request.host}@x.io", "*.example.com", "x@y@z", "*@*.io"] {
+///     assert!(check_oidc_pattern(bad).is_err(), "{bad}");
+/// }
+/// ```
+pub fn check_oidc_pattern(p: &str) -> Result<(), String> {
+    let shown: String = p.chars().take(MAX_OIDC_PATTERN).collect();
+    let bad = |why: &str| Err(format!("invalid oidc-allow {shown:?}: {why}"));
+    if p.is_empty() || p.len() > MAX_OIDC_PATTERN {
+        return bad(&format!("1 to {MAX_OIDC_PATTERN} characters"));
+    }
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.bytes().all(|b| {
+                b.is_ascii_graphic() && !matches!(b, b'{' | b'}' | b',' | b'"' | b'\\' | b'*')
+            })
+    };
+    if let Some(group) = p.strip_prefix("group:") {
+        return if plain(group) {
+            Ok(())
+        } else {
+            bad("a group name of printable characters without spaces, quotes, braces, commas or '*'")
+        };
+    }
+    let Some((local, domain)) = p.split_once('@') else {
+        return bad("an email address, *@DOMAIN or group:NAME");
+    };
+    let domain_ok = !domain.is_empty()
+        && domain.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+    let local_ok = local == "*"
+        || (plain(local) && !local.contains('@') && !local.bytes().any(|b| b.is_ascii_uppercase()));
+    if domain_ok && local_ok {
+        Ok(())
+    } else {
+        bad("an email address, *@DOMAIN or group:NAME, in lower case")
+    }
+}
+
 /// The options of one forward that the server must know.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForwardOptions {
@@ -227,6 +303,11 @@ pub struct ForwardOptions {
     /// and the metrics' `name` label show it instead of the default
     /// (`PROTO:PORT` or the subdomain).
     pub name: Option<String>,
+    /// `Http` only: visitors must sign in (`auth=oidc`).
+    pub auth: Option<Auth>,
+    /// With `auth=oidc`: who may pass, any pattern matching (see
+    /// [`check_oidc_pattern`]).
+    pub oidc_allow: Vec<String>,
 }
 
 /// Checks a forward name: 1 to [`MAX_FORWARD_NAME`] bytes of letters, digits, `.`,
@@ -258,6 +339,32 @@ pub fn check_forward_name(name: &str) -> Result<(), String> {
 }
 
 impl ForwardOptions {
+    /// `auth=oidc` and its `oidc-allow` patterns go together, within their caps, and
+    /// never with basic auth (both would want the `Authorization` header).
+    pub fn check_sign_in(&self) -> Result<(), String> {
+        match self.auth {
+            None if !self.oidc_allow.is_empty() => return Err("oidc-allow needs auth=oidc".into()),
+            None => return Ok(()),
+            Some(Auth::Oidc) => {}
+        }
+        if self.oidc_allow.is_empty() {
+            return Err(
+                "auth=oidc needs at least one oidc-allow (an email, *@DOMAIN or group:NAME)".into(),
+            );
+        }
+        if self.oidc_allow.len() > MAX_OIDC_ALLOW {
+            return Err(format!(
+                "too many oidc-allow patterns (at most {MAX_OIDC_ALLOW})"
+            ));
+        }
+        if self.basic_auth.is_some() {
+            return Err("auth=oidc and basic-auth exclude each other".into());
+        }
+        self.oidc_allow
+            .iter()
+            .try_for_each(|p| check_oidc_pattern(p))
+    }
+
     /// Checks the caps and the well-formedness of values that came off the wire.
     pub fn check(&self) -> Result<(), String> {
         for (name, list) in [("allow", &self.allow), ("deny", &self.deny)] {
@@ -271,6 +378,7 @@ impl ForwardOptions {
         if let Some(name) = &self.name {
             check_forward_name(name)?;
         }
+        self.check_sign_in()?;
         match &self.basic_auth {
             Some(a) => a.check(),
             None => Ok(()),

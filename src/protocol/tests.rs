@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use tokio::io::AsyncWriteExt;
 
-fn rt() -> tokio::runtime::Runtime {
+pub(super) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -38,14 +38,19 @@ fn options() -> impl Strategy<Value = ForwardOptions> {
         proptest::option::of((text(), text())),
         proptest::option::of(prop_oneof![Just(ProxyVersion::V1), Just(ProxyVersion::V2)]),
         proptest::option::of(text()),
+        (any::<bool>(), proptest::collection::vec(text(), 0..3)),
     )
-        .prop_map(|(allow, deny, auth, proxy_protocol, name)| ForwardOptions {
-            allow,
-            deny,
-            basic_auth: auth.map(|(user, password)| BasicAuth { user, password }),
-            proxy_protocol,
-            name,
-        })
+        .prop_map(
+            |(allow, deny, auth, proxy_protocol, name, (oidc, oidc_allow))| ForwardOptions {
+                allow,
+                deny,
+                basic_auth: auth.map(|(user, password)| BasicAuth { user, password }),
+                proxy_protocol,
+                name,
+                auth: oidc.then_some(crate::protocol::Auth::Oidc),
+                oidc_allow,
+            },
+        )
 }
 
 fn forward_request() -> impl Strategy<Value = ForwardRequest> {
@@ -71,30 +76,46 @@ fn forward_request() -> impl Strategy<Value = ForwardRequest> {
         )
 }
 
-fn client_msg() -> impl Strategy<Value = ClientMsg> {
+pub(super) fn client_msg() -> impl Strategy<Value = ClientMsg> {
     prop_oneof![
         (
             proptest::option::of(text()),
             any::<[u8; CLIENT_ID_LEN]>(),
             any::<[u8; NONCE_LEN]>(),
-            any::<[u8; PROOF_LEN]>()
+            any::<[u8; PROOF_LEN]>(),
+            proptest::option::of(any::<[u8; JOIN_KEY_LEN]>()),
+            text(),
+            text(),
         )
-            .prop_map(|(user, client_id, mac, proof)| ClientMsg::Login {
-                user,
-                client_id,
-                mac,
-                proof
+            .prop_map(|(user, client_id, mac, proof, join, name, server_host)| {
+                ClientMsg::Login {
+                    user,
+                    client_id,
+                    mac,
+                    proof,
+                    join,
+                    name,
+                    server_host,
+                }
             }),
         forward_request().prop_map(ClientMsg::Forward),
         any::<u32>().prop_map(|id| ClientMsg::Cancel { id }),
         Just(ClientMsg::Heartbeat),
+        (any::<u32>(), any::<bool>()).prop_map(|(id, up)| ClientMsg::LocalService { id, up }),
     ]
 }
 
-fn server_msg() -> impl Strategy<Value = ServerMsg> {
+pub(super) fn server_msg() -> impl Strategy<Value = ServerMsg> {
     prop_oneof![
-        any::<u64>().prop_map(|session_id| ServerMsg::LoginOk { session_id }),
-        text().prop_map(|reason| ServerMsg::LoginRefused { reason }),
+        (any::<u64>(), any::<[u8; JOIN_KEY_LEN]>(), any::<u16>()).prop_map(
+            |(session_id, join_key, max_links)| ServerMsg::LoginOk {
+                session_id,
+                join_key,
+                max_links
+            }
+        ),
+        (text(), any::<bool>())
+            .prop_map(|(reason, retry)| ServerMsg::LoginRefused { reason, retry }),
         (any::<u32>(), any::<u16>(), proptest::option::of(text())).prop_map(
             |(id, remote_port, url)| ServerMsg::ForwardOk {
                 id,
@@ -102,7 +123,9 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
                 url
             }
         ),
-        (any::<u32>(), text()).prop_map(|(id, reason)| ServerMsg::ForwardRefused { id, reason }),
+        (any::<u32>(), text(), any::<bool>())
+            .prop_map(|(id, reason, retry)| ServerMsg::ForwardRefused { id, reason, retry }),
+        (text(), any::<bool>()).prop_map(|(reason, retry)| ServerMsg::Ending { reason, retry }),
         (any::<u32>(), text()).prop_map(|(id, reason)| ServerMsg::Closed { id, reason }),
         Just(ServerMsg::Heartbeat),
     ]
@@ -116,7 +139,7 @@ fn socket_addr() -> impl Strategy<Value = SocketAddr> {
     ]
 }
 
-fn stream_header() -> impl Strategy<Value = StreamHeader> {
+pub(super) fn stream_header() -> impl Strategy<Value = StreamHeader> {
     (
         any::<u32>(),
         proptest::option::of(socket_addr()),
@@ -129,7 +152,7 @@ fn stream_header() -> impl Strategy<Value = StreamHeader> {
         })
 }
 
-fn hello() -> impl Strategy<Value = Hello> {
+pub(super) fn hello() -> impl Strategy<Value = Hello> {
     (any::<[u8; 4]>(), any::<u16>(), text()).prop_map(|(magic, version, software)| Hello {
         magic,
         version,
@@ -137,7 +160,7 @@ fn hello() -> impl Strategy<Value = Hello> {
     })
 }
 
-fn server_hello() -> impl Strategy<Value = ServerHello> {
+pub(super) fn server_hello() -> impl Strategy<Value = ServerHello> {
     (
         any::<u16>(),
         any::<[u8; NONCE_LEN]>(),
@@ -181,7 +204,7 @@ fn recv_raw<T: serde::de::DeserializeOwned>(bytes: Vec<u8>) -> Result<T, CodecEr
     })
 }
 
-fn frame(body: &[u8]) -> Vec<u8> {
+pub(super) fn frame(body: &[u8]) -> Vec<u8> {
     let mut f = (body.len() as u32).to_be_bytes().to_vec();
     f.extend_from_slice(body);
     f
@@ -287,12 +310,16 @@ fn a_frame_at_the_cap_is_accepted_and_one_byte_more_is_not() {
     // A refusal reason sized so that its frame body is exactly the cap.
     let probe = encode(&ServerMsg::LoginRefused {
         reason: String::new(),
+        retry: false,
     })
     .unwrap()
     .len();
     // bincode's varint length grows to 3 bytes for lengths ≥ 251; the empty string used 1.
     let reason = "x".repeat(MAX_CONTROL_FRAME - probe - 2);
-    let msg = ServerMsg::LoginRefused { reason };
+    let msg = ServerMsg::LoginRefused {
+        reason,
+        retry: false,
+    };
     let body = encode(&msg).unwrap();
     assert_eq!(body.len(), MAX_CONTROL_FRAME);
     assert_eq!(recv_raw::<ServerMsg>(frame(&body)).unwrap(), msg);
@@ -319,4 +346,49 @@ fn an_oversized_datagram_frame_is_refused() {
         decode_datagram(big),
         Err(CodecError::TooLarge { .. })
     ));
+}
+
+#[test]
+fn sign_in_options_are_capped_and_go_together() {
+    let with = |allow: Vec<String>| ForwardOptions {
+        auth: Some(Auth::Oidc),
+        oidc_allow: allow,
+        ..Default::default()
+    };
+    let many: Vec<String> = (0..=MAX_OIDC_ALLOW)
+        .map(|i| format!("u{i}@example.com"))
+        .collect();
+    assert!(with(many[..MAX_OIDC_ALLOW].to_vec()).check().is_ok());
+    assert_eq!(
+        with(many).check().unwrap_err(),
+        format!("too many oidc-allow patterns (at most {MAX_OIDC_ALLOW})")
+    );
+    let longest = format!("{}@example.com", "a".repeat(MAX_OIDC_PATTERN - 12));
+    assert_eq!(longest.len(), MAX_OIDC_PATTERN);
+    assert!(with(vec![longest.clone()]).check().is_ok());
+    let e = with(vec![format!("a{longest}")]).check().unwrap_err();
+    assert!(
+        e.contains(&format!("1 to {MAX_OIDC_PATTERN} characters")),
+        "{e}"
+    );
+    assert_eq!(
+        with(Vec::new()).check().unwrap_err(),
+        "auth=oidc needs at least one oidc-allow (an email, *@DOMAIN or group:NAME)"
+    );
+    let stray = ForwardOptions {
+        oidc_allow: vec!["a@b.io".into()],
+        ..Default::default()
+    };
+    assert_eq!(stray.check().unwrap_err(), "oidc-allow needs auth=oidc");
+    let both = ForwardOptions {
+        basic_auth: Some(BasicAuth {
+            user: "ann".into(),
+            password: "pw".into(),
+        }),
+        ..with(vec!["a@b.io".into()])
+    };
+    assert_eq!(
+        both.check().unwrap_err(),
+        "auth=oidc and basic-auth exclude each other"
+    );
 }

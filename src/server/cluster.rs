@@ -2,19 +2,30 @@
 //! directory), the tunnels peers may reach, and the loops that keep both true.
 //!
 //! The order of a claim: the session binds the port locally (as a single `piped`
-//! does), then claims it in the directory; a refusal there gives the port back. A
-//! claim is renewed every [`RENEW_EVERY`] under a lease of [`LEASE`]; one that is gone
-//! from the directory (Redis restarted empty) is taken again, one that another node
-//! now holds ends the session, and one that cannot be renewed for longer than the
-//! lease ends it too, so a node cut off from the directory never serves a claim the
-//! others may have handed out again. Established tunnels ride out shorter outages.
+//! does), then claims it in the directory; a refusal there gives the port back.
+//!
+//! **The fence.** Every claim of the node is renewed in one round trip every
+//! [`Timing::every`] under a lease of [`Timing::lease`]. A claim's lease counts from
+//! the moment its last successful renewal (or the claim) was *sent*: Redis starts the
+//! key's expiry later than that, never earlier. The node stops serving a claim — ends
+//! its session, which closes the listener and resets the visitors — at that moment
+//! plus the lease minus [`Timing::margin`] (clock-rate drift, the time to stop, the
+//! fence check's own period), so before the key can have expired in the directory
+//! and been handed to anyone else. The fence runs on its own timer, apart from the
+//! renewals, which may be stuck waiting on an unreachable directory. A renewal that
+//! finds a claim held by another holder ends its session at once; one that finds it
+//! gone (the directory forgot it) writes it back (`cluster::redis` explains why that
+//! is safe). `docs/PROTOCOL.md` states the invariant and its assumptions.
+//!
+//! A node whose last renewal failed, or that has fenced, serves no new logins or
+//! claims: it refuses them with a reason the client retries on another server.
 
 use super::mirror::Mirrors;
 use super::peer::Links;
-use super::state::{Owner, State, TunnelInfo};
+use super::state::{Owner, SessionInfo, State, TunnelInfo};
 use super::tcp::TunnelCtx;
 use crate::auth::Token;
-use crate::cluster::{ClaimKey, Claimed, DirError, Directory, Holder, NodeInfo, Rules};
+use crate::cluster::{ClaimKey, Claimed, DirError, Directory, Holder, NodeInfo, Renewed, Rules};
 use crate::transport::MuxStream;
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -26,14 +37,53 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-/// How long a claim (and a node's registration) outlives its last renewal: long
-/// enough to ride out a Redis restart, short enough that a dead node's ports are free
-/// again soon. A client that fails over takes its claims back at once regardless.
-pub const LEASE: Duration = Duration::from_secs(20);
-/// How often claims and the node's registration are renewed.
-pub const RENEW_EVERY: Duration = Duration::from_secs(3);
-/// The refusal of a claim while the directory cannot be reached (SPEC).
+use crate::config::MIN_CLUSTER_LEASE;
+/// The refusal of a claim or login while the directory cannot be reached (SPEC).
 pub const UNAVAILABLE: &str = "cluster directory unavailable";
+/// The refusal of a new owner's claim while the directory has just started over.
+pub const RECOVERING: &str = "cluster directory recovering";
+
+/// Is a refusal one of this node's own state (its directory), which another node may
+/// not share? The client then tries elsewhere instead of giving up.
+pub fn retryable(reason: &str) -> bool {
+    reason.starts_with(UNAVAILABLE) || reason.starts_with(RECOVERING)
+}
+
+/// The cluster's clock, all derived from the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub lease: Duration,
+    /// How often claims and the registration are renewed: a tenth of the lease (at
+    /// most 3 s), so a node rides out several failed renewals before its fence.
+    pub every: Duration,
+    /// How long before its lease can expire a node stops serving a claim: a tenth of
+    /// the lease, at least 500 ms (a busy host's timers and scheduling).
+    pub margin: Duration,
+}
+
+impl Timing {
+    /// ```
+    /// use pipe::server::ClusterTiming;
+    /// use std::time::Duration;
+    /// let t = ClusterTiming::new(Duration::from_secs(45));
+    /// assert_eq!(t.every, Duration::from_secs(3));
+    /// assert_eq!(t.lease - t.margin, Duration::from_millis(40_500));
+    /// ```
+    pub fn new(lease: Duration) -> Timing {
+        let lease = lease.max(MIN_CLUSTER_LEASE);
+        Timing {
+            lease,
+            every: (lease / 10).min(Duration::from_secs(3)),
+            margin: (lease / 10).max(Duration::from_millis(500)),
+        }
+    }
+
+    /// How often the fence looks at the deadlines: a quarter of the margin, so a
+    /// claim stops at most that late, still well before its lease can end.
+    fn fence_check(&self) -> Duration {
+        self.margin / 4
+    }
+}
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
@@ -44,7 +94,7 @@ pub struct ClusterStats {
     pub streams_out: AtomicU64,
     /// Directory calls that failed.
     pub dir_errors: AtomicU64,
-    /// Nodes registered at the last renewal.
+    /// Live nodes (renewed within two intervals) at the last renewal.
     pub nodes: AtomicU64,
 }
 
@@ -58,9 +108,21 @@ pub(crate) enum Entry {
 
 struct Held {
     holder: Holder,
-    last_renewed: Instant,
-    /// The holding session: ended when the claim is lost.
-    session: CancellationToken,
+    /// When the last successful renewal (or the claim) was sent: the lease counts
+    /// from here.
+    lease_from: Instant,
+    /// The holding session: ended when the claim is lost or fenced.
+    session: Arc<SessionInfo>,
+}
+
+/// Whether the directory answered lately, and what failed when it did not.
+#[derive(Default)]
+struct Health {
+    /// The last renewal failed, and why (`None`: it worked, or none has run yet).
+    failing: Option<String>,
+    /// Fenced: claims were given up for want of renewals; cleared by a renewal that
+    /// works again.
+    fenced: bool,
 }
 
 pub struct Cluster {
@@ -68,8 +130,9 @@ pub struct Cluster {
     pub node: String,
     /// What other nodes dial to reach this one.
     pub advertise: String,
-    /// The cluster token: peer links prove it.
-    pub token: Token,
+    /// The cluster secret: peer links prove it; clients never hold it.
+    pub secret: Token,
+    pub timing: Timing,
     pub links: Links,
     pub mirrors: Mirrors,
     pub stats: ClusterStats,
@@ -77,6 +140,7 @@ pub struct Cluster {
     entries: Mutex<HashMap<ClaimKey, (u64, Entry)>>,
     /// Peer addresses by node name, as last read from the directory.
     peers: Mutex<HashMap<String, String>>,
+    health: Mutex<Health>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -109,51 +173,79 @@ impl Cluster {
         dir: Arc<dyn Directory>,
         node: String,
         advertise: String,
-        token: Token,
+        secret: Token,
+        timing: Timing,
         links: Links,
     ) -> Self {
         Cluster {
             dir,
             node,
             advertise,
-            token,
+            secret,
+            timing,
             links,
             mirrors: Mirrors::default(),
             stats: ClusterStats::default(),
             held: Mutex::default(),
             entries: Mutex::default(),
             peers: Mutex::default(),
+            health: Mutex::default(),
         }
     }
 
     fn failed(&self, e: &DirError) -> String {
         self.stats.dir_errors.fetch_add(1, Ordering::Relaxed);
         debug!(error = ?e, "cluster directory call failed");
-        UNAVAILABLE.to_string()
+        match e {
+            DirError::Unavailable { detail } => format!("{UNAVAILABLE} ({detail})"),
+            DirError::Corrupt { .. } => UNAVAILABLE.to_string(),
+        }
     }
 
-    /// Claims `key` for a tunnel of `owner`'s session, or says why not (the text goes
-    /// to the client).
+    /// Why this node cannot take new logins and claims now (its directory failed at
+    /// the last renewal, or it has fenced), or `None` when it can.
+    pub fn serving_refusal(&self) -> Option<String> {
+        let h = lock(&self.health);
+        if h.fenced {
+            return Some(format!(
+                "{UNAVAILABLE}: this node lost its cluster directory; another node serves"
+            ));
+        }
+        h.failing
+            .as_ref()
+            .map(|why| format!("{UNAVAILABLE} ({why}); another node may serve"))
+    }
+
+    /// What failed at the last renewal, for `/api/cluster`.
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.health).failing.clone()
+    }
+
+    /// Claims `key` for a tunnel of `session`, or says why not (the text goes to the
+    /// client; [`retryable`] tells which refusals another node may not repeat).
     pub async fn claim(
         &self,
         key: &ClaimKey,
-        owner: &Owner,
+        session: &Arc<SessionInfo>,
         tunnel: u64,
         rules: Option<Rules>,
-        session: CancellationToken,
     ) -> Result<(), String> {
+        if let Some(why) = self.serving_refusal() {
+            return Err(why);
+        }
         let holder = Holder {
             node: self.node.clone(),
-            owner: owner_key(owner),
+            owner: owner_key(&session.owner),
             tunnel,
             rules,
         };
-        match self.dir.claim(key, &holder, LEASE).await {
+        let sent = Instant::now();
+        match self.dir.claim(key, &holder, self.timing.lease).await {
             Ok(Claimed::Granted) => {
                 let held = Held {
                     holder,
-                    last_renewed: Instant::now(),
-                    session,
+                    lease_from: sent,
+                    session: session.clone(),
                 };
                 lock(&self.held).insert(key.clone(), held);
                 Ok(())
@@ -161,6 +253,10 @@ impl Cluster {
             Ok(Claimed::Taken(h)) => Err(format!(
                 "{key} is taken by another client (on node {})",
                 h.node
+            )),
+            Ok(Claimed::Recovering(left)) => Err(format!(
+                "{RECOVERING}: the directory started over and live nodes are writing back their claims; {key} is free to take in {}s",
+                left.as_secs() + 1
             )),
             Err(e) => Err(self.failed(&e)),
         }
@@ -215,13 +311,18 @@ impl Cluster {
             name: self.node.clone(),
             peer: self.advertise.clone(),
             seen: 0,
+            every_ms: self.timing.every.as_millis() as u64,
+            lease_ms: self.timing.lease.as_millis() as u64,
+            since_renewal: None,
         }
     }
 
     /// At start, before any client: frees what an earlier run under this name left
     /// behind (its sessions died with it), and registers the node.
     pub async fn join(&self) -> Result<(), DirError> {
-        self.dir.register_node(&self.info(), LEASE).await?;
+        self.dir
+            .register_node(&self.info(), self.timing.lease)
+            .await?;
         for (key, holder) in self.dir.claims().await? {
             if holder.node == self.node {
                 info!(%key, "freeing a claim left by this node's previous run");
@@ -233,79 +334,129 @@ impl Cluster {
 
     /// Renews the registration and every claim, until `stop`.
     pub async fn renew_loop(self: Arc<Self>, stop: CancellationToken) {
-        let mut tick = crate::transport::ticker::interval(RENEW_EVERY);
+        let mut tick = crate::transport::ticker::interval(self.timing.every);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            match self.dir.register_node(&self.info(), LEASE).await {
-                Ok(()) => {
-                    if let Ok(n) = self.dir.nodes().await {
-                        self.learn_peers(&n);
-                    }
-                }
-                Err(e) => {
-                    self.failed(&e);
+            if self.renew_claims().await {
+                if let Ok(n) = self.dir.nodes().await {
+                    self.learn_peers(&n);
                 }
             }
-            self.renew_claims().await;
         }
     }
 
-    async fn renew_claims(&self) {
+    /// One renewal round; `true` when the directory answered.
+    async fn renew_claims(&self) -> bool {
         let held: Vec<(ClaimKey, Holder)> = lock(&self.held)
             .iter()
             .map(|(k, h)| (k.clone(), h.holder.clone()))
             .collect();
-        for (key, holder) in held {
-            let outcome = match self.dir.renew(&key, &holder, LEASE).await {
-                Ok(true) => Ok(true),
-                // Gone (Redis restarted empty, or the lease ran out): take it again,
-                // unless someone else has it now.
-                Ok(false) => match self.dir.lookup(&key).await {
-                    Ok(None) => self
-                        .dir
-                        .claim(&key, &holder, LEASE)
-                        .await
-                        .map(|c| c == Claimed::Granted),
-                    Ok(Some(h)) => Ok(h == holder),
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
-            };
-            let mut all = lock(&self.held);
+        let sent = Instant::now();
+        let answers = match self
+            .dir
+            .renew_all(&self.info(), &held, self.timing.lease)
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                let why = match &e {
+                    DirError::Unavailable { detail } => detail.clone(),
+                    DirError::Corrupt { detail } => format!("unreadable answer: {detail}"),
+                };
+                let mut h = lock(&self.health);
+                if h.failing.is_none() {
+                    warn!(error = %why, "cannot renew this node's claims in the cluster directory; new logins go to other nodes, and this node stops serving its claims if it cannot renew them within the lease");
+                }
+                h.failing = Some(why);
+                drop(h);
+                self.failed(&e);
+                return false;
+            }
+        };
+        {
+            let mut h = lock(&self.health);
+            if h.failing.is_some() || h.fenced {
+                info!("the cluster directory answers again");
+            }
+            h.failing = None;
+            h.fenced = false;
+        }
+        let mut all = lock(&self.held);
+        for ((key, holder), answer) in held.into_iter().zip(answers) {
             let Some(h) = all.get_mut(&key) else { continue };
             if h.holder != holder {
                 continue;
             }
-            match outcome {
-                Ok(true) => h.last_renewed = Instant::now(),
-                Ok(false) => {
-                    warn!(%key, "another node holds this claim now; ending the session");
-                    h.session.cancel();
-                    all.remove(&key);
+            match answer {
+                Renewed::Kept => h.lease_from = sent,
+                Renewed::Reasserted => {
+                    info!(%key, "the cluster directory had forgotten this claim; written back");
+                    h.lease_from = sent;
                 }
-                Err(e) => {
-                    drop(all);
-                    self.failed(&e);
-                    let mut all = lock(&self.held);
-                    if let Some(h) = all.get(&key) {
-                        if h.last_renewed.elapsed() > LEASE {
-                            warn!(%key, "the claim could not be renewed within its lease; ending the session");
-                            h.session.cancel();
-                            all.remove(&key);
-                        }
-                    }
+                Renewed::Lost(other) => {
+                    warn!(%key, node = %other.node, "another holder has this claim now; ending the session");
+                    h.session.end(
+                        format!("{key} is held through node {} now", other.node),
+                        true,
+                    );
+                    all.remove(&key);
                 }
             }
         }
+        true
+    }
+
+    /// Stops serving every claim whose lease may be about to end in the directory,
+    /// until `stop`: the fence (see the module's docs).
+    pub async fn fence_loop(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = crate::transport::ticker::interval(self.timing.fence_check());
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            self.fence(Instant::now());
+        }
+    }
+
+    /// Fences the claims past their deadline at `now`; returns how many.
+    fn fence(&self, now: Instant) -> usize {
+        let keep = self.timing.lease - self.timing.margin;
+        let mut all = lock(&self.held);
+        let expired: Vec<ClaimKey> = all
+            .iter()
+            .filter(|(_, h)| now.saturating_duration_since(h.lease_from) >= keep)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if expired.is_empty() {
+            return 0;
+        }
+        warn!(
+            claims = expired.len(),
+            lease = ?self.timing.lease,
+            "no renewal reached the cluster directory within the lease; this node stops serving these claims before the directory can give them away, and its clients move to other nodes"
+        );
+        for key in &expired {
+            if let Some(h) = all.remove(key) {
+                h.session.end(
+                    "this node lost its cluster directory for longer than the lease allows; another node serves your ports now",
+                    true,
+                );
+            }
+        }
+        drop(all);
+        lock(&self.health).fenced = true;
+        expired.len()
     }
 
     fn learn_peers(&self, nodes: &[NodeInfo]) {
-        self.stats
-            .nodes
-            .store(nodes.len() as u64, Ordering::Relaxed);
+        self.stats.nodes.store(
+            nodes.iter().filter(|n| n.is_up()).count() as u64,
+            Ordering::Relaxed,
+        );
         let mut peers = lock(&self.peers);
         peers.clear();
         for n in nodes {
@@ -346,9 +497,11 @@ impl Cluster {
         }
     }
 
-    /// The cluster's nodes and every claim with its node, sorted (`/api/cluster`).
+    /// The cluster's nodes (each `up` or `down`) and every claim with its node, sorted
+    /// (`/api/cluster`).
     pub async fn overview(&self) -> Result<(Vec<NodeInfo>, Vec<(String, String)>), String> {
         let nodes = self.dir.nodes().await.map_err(|e| self.failed(&e))?;
+        self.learn_peers(&nodes);
         let mut claims: Vec<(String, String)> = self
             .dir
             .claims()

@@ -8,7 +8,7 @@
 
 use super::session::Session;
 use super::state::State;
-use crate::caddy::{hash_credentials, random_label, Caddy, RouteRules};
+use crate::caddy::{hash_credentials, random_label, Caddy, RouteRules, SignInRoute};
 use crate::cluster::{ClaimKey, Rules};
 use crate::config::valid_subdomain;
 use crate::protocol::{ForwardRequest, ServerMsg};
@@ -28,6 +28,8 @@ const MAX_ECHOED_NAME: usize = 64;
 
 const NOT_ENABLED: &str =
     "http forwards are not enabled on this server (it needs --domain and --caddy-admin)";
+const NO_SIGN_IN: &str =
+    "auth=oidc needs sign-in on the server (piped --oidc-issuer); this server has none";
 
 /// Opens an http forward, or says why not.
 pub(super) async fn open(
@@ -79,6 +81,7 @@ pub(super) async fn open(
         deny: rules.deny.clone(),
         basic_auth: rules.basic_auth.clone(),
         visitor_header: rules.visitor_header,
+        sign_in: rules.sign_in.as_ref().map(|s| s.allow.clone()),
     };
     let key = ClaimKey::Subdomain(sub.clone());
     if let Err(e) = s.cluster_claim(&key, &tunnel, Some(shared)).await {
@@ -123,11 +126,22 @@ async fn route_rules(state: &State, req: &ForwardRequest) -> Result<RouteRules, 
         ),
         None => None,
     };
+    let sign_in = match req.options.auth {
+        Some(crate::protocol::Auth::Oidc) => {
+            req.options.check_sign_in()?;
+            Some(SignInRoute {
+                gate: state.sign_in_gate().ok_or(NO_SIGN_IN)?,
+                allow: req.options.oidc_allow.clone(),
+            })
+        }
+        None => None,
+    };
     Ok(RouteRules {
         allow: access.allow,
         deny: access.deny,
         basic_auth,
         visitor_header: req.options.proxy_protocol.is_some(),
+        sign_in,
     })
 }
 

@@ -1,12 +1,17 @@
 //! The server's side of a login after the handshake: the audit line, the count of
 //! failures per address, and registering the session, where the takeover rule lives:
 //! only the same user's client that proves the next link of its chain
-//! (`accounts::proof`) may replace a live session and take its claims.
+//! (`accounts::proof`) may replace a live session and take its claims. Sessions are
+//! looked up per owner (user and client id), and a client id must be bound to the
+//! token its login proved, so another user's copy of a client's id and proofs gets
+//! nothing. Registering also re-checks, under the registry's lock, that the token
+//! the login proved is still in force, so no login slips past a token change.
 
 use super::state::{Owner, SessionEvent, SessionInfo};
 use super::Ctx;
-use crate::accounts::{proof, throttle};
-use crate::auth::ClientLogin;
+use crate::accounts::proof::{self, Binding};
+use crate::accounts::throttle;
+use crate::auth::{ClientLogin, BAD_USER_OR_TOKEN};
 use crate::protocol::MessageStream;
 use crate::protocol::PROOF_LEN;
 use crate::transport::{mux, MuxStream};
@@ -28,7 +33,17 @@ pub const AUDIT: &str = "pipe::audit";
 /// A login whose client id is held by a live session it cannot prove it owns.
 const TAKEN_CLIENT_ID: &str =
     "this client id belongs to a live session that this login cannot prove it owns";
-/// A first login whose proof does not belong to its client id.
+/// The start of the refusal of a login past `--max-sessions`: a capacity cap of this
+/// server's, not a credential problem, so the client tries another server.
+pub(super) const SESSION_CAP: &str = "session limit reached";
+
+/// Is a login refusal one another server (or this one later) may not repeat? Capacity
+/// and an unavailable cluster directory are; wrong credentials and proofs are not.
+pub(super) fn login_refusal_is_retryable(reason: &str) -> bool {
+    reason.starts_with(SESSION_CAP) || super::cluster::retryable(reason)
+}
+
+/// A login whose proof does not belong to its client id under the token it proved.
 const BAD_PROOF: &str = "the login's proof does not match its client id";
 
 /// Lets a login refusal reach the client, then ends the connection.
@@ -50,7 +65,7 @@ pub(super) fn audit_login(user: Option<&str>, client: SocketAddr, outcome: &str)
 /// Counts a failed login against its address; says so once when it starts cooling off.
 pub(super) fn login_failed(ctx: &Ctx, peer: SocketAddr) {
     if ctx.state.logins.failed(peer.ip()) {
-        warn!(
+        info!(
             target: AUDIT,
             client = %peer.ip(),
             cool_off = ?throttle::COOL_OFF,
@@ -106,33 +121,65 @@ pub(super) async fn proven_in_cluster(
 pub(super) const CLAIM_UNPROVEN: &str =
     "this client id belongs to a client that has logged in since with a later proof";
 
-/// Registers the session after ending any earlier session of the same client, whose
+/// Is the token this login was checked against still its user's? A reload may have
+/// changed or removed it since (the implicit user's token never changes).
+fn still_in_force(ctx: &Ctx, who: &ClientLogin) -> bool {
+    let (Some(accounts), Some(name)) = (&ctx.state.accounts, &who.user) else {
+        return true;
+    };
+    let now = accounts
+        .current()
+        .get(name)
+        .map(|u| crate::auth::binding(Some(&u.token), Some(name)));
+    now.is_some() && now == who.binding
+}
+
+/// Registers the session after ending any earlier session of the same owner, whose
 /// ports are then free for this one to claim; or says why not. Only the same user's
-/// client that proves the next link of its chain may take over (`accounts::proof`).
+/// client that proves the next link of its chain may take over (`accounts::proof`),
+/// and its id must be bound to the token the login proved.
 pub(super) async fn register(
     ctx: &Ctx,
     who: &ClientLogin,
     peer: SocketAddr,
     stop: CancellationToken,
+    links: super::links::Links,
 ) -> Result<(Arc<SessionInfo>, mpsc::UnboundedReceiver<SessionEvent>), String> {
     let owner = Owner {
         user: who.user.as_deref().map(Arc::from),
         client_id: who.client_id,
     };
-    let old = ctx.state.sessions_of_client(&who.client_id, 0);
-    let mut proven = if old.is_empty() {
-        proof::binds_to_id(&who.proof, &who.client_id)
-    } else {
-        old.iter()
-            .all(|s| s.owner.user == owner.user && proof::follows(&who.proof, &s.proof))
-    };
+    // A node that cannot reach its directory (or has fenced) serves no one new: the
+    // client goes to another node at once rather than sit here with dead ports.
+    if let Some(why) = ctx.state.cluster().and_then(|c| c.serving_refusal()) {
+        return Err(why);
+    }
+    let old = ctx.state.sessions_of_owner(&owner);
+    let bound = proof::binds_to_id(
+        &who.proof,
+        &who.client_id,
+        who.binding.as_ref().unwrap_or(&Binding::OPEN),
+    );
+    // An open server knows no token, so it cannot check the id of a client that holds
+    // one: such a client is let in, as anyone is there, but an id-proving login may
+    // take its session over.
+    let id_ok = bound || who.binding.is_none();
+    let mut proven = id_ok
+        && old
+            .iter()
+            .all(|s| proof::follows(&who.proof, &s.proof) || (bound && !s.bound));
     // Cluster: proven against the directory's record of this client too, or, while
     // the directory cannot be reached, later (before the session's first claim).
-    let mut unproven_in_cluster = false;
+    let unproven_in_cluster = false;
     if let (true, Some(c)) = (proven, ctx.state.cluster()) {
         match proven_in_cluster(&c, &owner, &who.proof).await {
             Ok(p) => proven = p,
-            Err(()) => unproven_in_cluster = true,
+            Err(()) => {
+                return Err(format!(
+                    "{}: the login's proof cannot be checked now",
+                    super::cluster::UNAVAILABLE
+                ))
+            }
         }
     }
     if !proven {
@@ -152,7 +199,7 @@ pub(super) async fn register(
     let held = ctx.state.sessions_of_user(owner.user.as_deref()).len() - old.len();
     if held >= max {
         return Err(format!(
-            "{} already has {held} sessions (the limit is {max})",
+            "{SESSION_CAP}: {} already has {held} sessions on this server (--max-sessions {max}); another server may take it",
             owner.user.as_deref().unwrap_or("this token")
         ));
     }
@@ -171,14 +218,31 @@ pub(super) async fn register(
         id: ctx.state.next_id(),
         owner,
         proof: who.proof,
+        bound,
         addr: peer,
         since: SystemTime::now(),
         software: who.software.clone(),
+        about: who.about.clone(),
         stop,
         closed: CancellationToken::new(),
         events,
         unproven_in_cluster: std::sync::atomic::AtomicBool::new(unproven_in_cluster),
+        ending: Default::default(),
+        join_key: rand::random(),
+        links,
     });
-    ctx.state.add_session(info.clone());
+    if !ctx
+        .state
+        .add_session_if(info.clone(), || still_in_force(ctx, who))
+    {
+        // Its token changed while it logged in: refused like the next login with it.
+        ctx.state
+            .stats
+            .auth_failures
+            .bad_token
+            .fetch_add(1, Relaxed);
+        login_failed(ctx, peer);
+        return Err(BAD_USER_OR_TOKEN.to_string());
+    }
     Ok((info, events_rx))
 }

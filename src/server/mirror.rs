@@ -7,6 +7,8 @@
 //! datagrams share one. The holder enforces the tunnel's rules again; the mirror
 //! checks them first (they travel in the claim), so a refused visitor costs no hop.
 //! A mirror that stops closes its listener; connections it already carries go on.
+//! A visitor's connection ends cleanly only when both ends closed; any other end (the
+//! holder reset the peer stream, the peer link died, the node stopped) resets it.
 
 use super::cluster::Cluster;
 use super::peer::{write_open, PeerOpen};
@@ -236,11 +238,22 @@ async fn start(
             };
             let port = listener.local_addr().map_err(|e| e.to_string())?.port();
             let rules = holder.rules.clone().unwrap_or_default();
+            let sign_in = match (rules.sign_in, state.sign_in_gate()) {
+                (Some(allow), Some(gate)) => Some(crate::caddy::SignInRoute { gate, allow }),
+                (Some(_), None) => {
+                    state.unmirror_subdomain(sub);
+                    return Err(
+                        "the forward signs visitors in and this node has no --oidc-issuer".into(),
+                    );
+                }
+                (None, _) => None,
+            };
             let route = crate::caddy::RouteRules {
                 allow: rules.allow,
                 deny: rules.deny,
                 basic_auth: rules.basic_auth,
                 visitor_header: rules.visitor_header,
+                sign_in,
             };
             let published = match caddy.publish(sub, state.next_id(), port, &route).await {
                 Ok(p) => p,
@@ -299,12 +312,20 @@ async fn accept_loop(
             debug!(%peer, "visitor refused by the tunnel's access rules");
             continue;
         }
-        let (cluster, key) = (cluster.clone(), key.clone());
+        let (cluster, key, kill) = (cluster.clone(), key.clone(), ctx.kill.clone());
         let span = tracing::debug_span!("stream", visitor = %peer);
         ctx.conns.spawn(
             async move {
-                if let Err(e) = visitor(sock, peer, source, &cluster, key, holder).await {
-                    debug!(error = %e, "visitor closed");
+                let mut sock = sock;
+                let result = tokio::select! {
+                    _ = kill.cancelled() => Err("the node stopped under it".to_string()),
+                    r = visitor(&mut sock, peer, source, &cluster, key, holder) => r,
+                };
+                if let Err(e) = result {
+                    // Only both ends closing is a clean end: the holder's reset, a peer
+                    // link that died, or anything else reaches the visitor as a reset.
+                    tcp::reset_on_close(&sock);
+                    debug!(error = %e, "visitor reset");
                 }
             }
             .instrument(span),
@@ -313,15 +334,15 @@ async fn accept_loop(
 }
 
 async fn visitor(
-    mut sock: TcpStream,
+    sock: &mut TcpStream,
     peer: SocketAddr,
     source: Source,
     cluster: &Cluster,
     key: ClaimKey,
     holder: Holder,
 ) -> Result<(), String> {
-    tcp::tune(&sock);
-    let v = real_addr::learn(&mut sock, peer, source)
+    tcp::tune(sock);
+    let v = real_addr::learn(sock, peer, source)
         .await
         .map_err(|e| e.to_string())?;
     if !source.is_peer() && !admits(holder.rules.as_ref(), v.addr.ip()) {
@@ -344,15 +365,11 @@ async fn visitor(
             .map_err(|e| e.to_string())?;
     }
     let opts = SpliceOptions::default();
-    let result = if source == Source::PeerNoHeader {
-        splice(&mut RefuseHeader::new(&mut sock), &mut stream, opts).await
+    let result = if v.refuse_header {
+        splice(&mut RefuseHeader::new(sock), &mut stream, opts).await
     } else {
-        splice(&mut sock, &mut stream, opts).await
+        splice(sock, &mut stream, opts).await
     };
-    if matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied) {
-        tcp::reset_on_close(&sock);
-    }
-    tcp::pass_reset(&result, &sock);
     result.map(|_| ()).map_err(|e| e.to_string())
 }
 

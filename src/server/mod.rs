@@ -7,7 +7,10 @@
 
 pub mod access;
 mod cluster;
+pub use cluster::Timing as ClusterTiming;
 mod http;
+mod join;
+pub mod links;
 mod login;
 mod mirror;
 mod peer;
@@ -153,6 +156,49 @@ impl Server {
         self.state.clone()
     }
 
+    /// Binds the sign-in gate on a loopback port and serves it until `shutdown`, when
+    /// the server has `--oidc-issuer`; returns its address. Before `run`: routes of
+    /// `auth=oidc` forwards name this port.
+    pub async fn start_sign_in(
+        &self,
+        shutdown: CancellationToken,
+    ) -> Result<Option<std::net::SocketAddr>, ServerError> {
+        let Some((sign_in, origin)) =
+            crate::signin::SignIn::from_config(&self.state.config).map_err(ServerError::Config)?
+        else {
+            return Ok(None);
+        };
+        let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .await
+            .map_err(|source| ServerError::Listen {
+                what: "sign-in gate",
+                addr: "127.0.0.1:0".into(),
+                source,
+            })?;
+        let local = listener.local_addr()?;
+        self.state.reserve_own_port(local.port());
+        if self.state.sign_in_gate.set(local.port()).is_err() {
+            return Err(ServerError::Config(
+                "the sign-in gate is already started".into(),
+            ));
+        }
+        match origin {
+            crate::signin::KeyOrigin::Process => warn!(
+                "sign-in sessions are sealed with a key of this process: they end when piped restarts (set --state-dir to keep one)"
+            ),
+            o => info!(origin = ?o, "sign-in session key ready"),
+        }
+        info!(%local, "sign-in gate listening");
+        let app = crate::signin::router(Arc::new(sign_in));
+        tokio::spawn(crate::admin::conns::serve(
+            listener,
+            app,
+            "sign-in gate",
+            shutdown,
+        ));
+        Ok(Some(local))
+    }
+
     /// Serves clients on `listener` until `shutdown` is cancelled, then drains.
     pub async fn run(
         &self,
@@ -181,6 +227,7 @@ impl Server {
         });
         if let Some(c) = self.state.cluster() {
             tokio::spawn(c.clone().renew_loop(ctx.kill.clone()));
+            tokio::spawn(c.clone().fence_loop(ctx.kill.clone()));
             tokio::spawn(mirror::run(ctx.clone(), c));
             let bound = self
                 .peer_listener
@@ -293,12 +340,6 @@ impl Server {
         let Some(cc) = self.state.config.cluster.clone() else {
             return Ok(None);
         };
-        let token = self
-            .state
-            .config
-            .token
-            .clone()
-            .ok_or_else(|| ServerError::Config("--cluster needs --token".into()))?;
         let listener =
             TcpListener::bind(&cc.peer_listen)
                 .await
@@ -330,9 +371,15 @@ impl Server {
             }),
             _ => None,
         };
-        let links = peer::Links::new(cc.node.clone(), token.clone(), peer_tls.clone());
-        let cluster =
-            cluster::Cluster::new(Arc::new(dir), cc.node.clone(), advertise, token, links);
+        let links = peer::Links::new(cc.node.clone(), cc.secret.clone(), peer_tls.clone());
+        let cluster = cluster::Cluster::new(
+            Arc::new(dir),
+            cc.node.clone(),
+            advertise,
+            cc.secret.clone(),
+            cluster::Timing::new(cc.lease),
+            links,
+        );
         cluster
             .join()
             .await

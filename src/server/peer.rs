@@ -5,11 +5,15 @@
 //! carries the stream into its own session with the client as if it had accepted the
 //! visitor itself. So a visitor costs at most one extra hop, whichever node it reaches.
 //!
-//! Links are dialled on first use and kept. The dialler speaks first: both nodes prove
-//! the cluster token with an HMAC over both nonces (`auth::peer_tag`), under TLS when
-//! the node serves TLS (the nodes share the certificate and accept exactly it). A
-//! listener carries streams only once its dialler has proved itself, and only toward
-//! tunnels it holds itself: a stream is never passed on a second time.
+//! Links are dialled on first use and kept. The dialler speaks and proves first: it
+//! sends a nonce, the listener answers with nothing but a nonce of its own, the
+//! dialler proves the cluster secret with an HMAC over both (`auth::peer_tag`), and
+//! only then does the listener prove it back, so a caller without the secret learns
+//! nothing it could test guesses against. The secret is the cluster's own
+//! (`--cluster-secret`), never a client token. Links run under TLS when the node
+//! serves TLS (the nodes share the certificate and accept exactly it). A listener
+//! carries streams only once its dialler has proved itself, and only toward tunnels
+//! it holds itself: a stream is never passed on a second time.
 
 use super::Ctx;
 use crate::auth::{new_nonce, peer_tag, peer_tag_matches, Token};
@@ -31,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 /// Version of the peer protocol; nodes of one cluster run the same release.
-pub const PEER_VERSION: u16 = 1;
+pub const PEER_VERSION: u16 = 2;
 /// Dial plus handshake: a peer on the same network answers in milliseconds.
 const LINK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest handshake message (a node name and two nonces).
@@ -56,15 +60,20 @@ enum PeerMsg {
         node: String,
         nonce: [u8; NONCE_LEN],
     },
+    /// The listener's answer to a hello: a nonce, and nothing that depends on the
+    /// secret.
     Challenge {
-        node: String,
         nonce: [u8; NONCE_LEN],
-        tag: [u8; NONCE_LEN],
     },
     Proof {
         tag: [u8; NONCE_LEN],
     },
-    Welcome,
+    /// Sent only after the dialler's proof checked out: the listener's name and its
+    /// own proof.
+    Welcome {
+        node: String,
+        tag: [u8; NONCE_LEN],
+    },
     Refused {
         reason: String,
     },
@@ -90,7 +99,7 @@ pub struct PeerTls {
 /// This node's outbound links, by the name of the node at the other end.
 pub struct Links {
     node: String,
-    token: Token,
+    secret: Token,
     tls: Option<PeerTls>,
     live: Mutex<HashMap<String, Link>>,
     /// One dial per node at a time; others wait for its outcome.
@@ -111,10 +120,10 @@ struct Link {
 }
 
 impl Links {
-    pub fn new(node: String, token: Token, tls: Option<PeerTls>) -> Self {
+    pub fn new(node: String, secret: Token, tls: Option<PeerTls>) -> Self {
         Links {
             node,
-            token,
+            secret,
             tls,
             live: Mutex::default(),
             dialling: tokio::sync::Mutex::new(()),
@@ -194,7 +203,7 @@ impl Links {
         let driver = tokio::spawn(driver);
         let shake = async {
             let mut ctl = mux.open().await.map_err(|e| fail(&e))?;
-            dialler_handshake(&mut ctl, &self.node, node, &self.token)
+            dialler_handshake(&mut ctl, &self.node, node, &self.secret)
                 .await
                 .map_err(|e| fail(&e))?;
             Ok::<_, String>(ctl)
@@ -248,7 +257,7 @@ async fn dialler_handshake(
     ctl: &mut MuxStream,
     me: &str,
     want: &str,
-    token: &Token,
+    secret: &Token,
 ) -> Result<(), String> {
     let mut ctl = MessageStream::new(ctl, MAX_PEER_FRAME);
     let nonce = new_nonce();
@@ -259,27 +268,24 @@ async fn dialler_handshake(
         nonce,
     };
     ctl.send(&hello).await.map_err(|e| e.to_string())?;
-    let (their_nonce, tag) = match ctl.recv::<PeerMsg>().await.map_err(|e| e.to_string())? {
-        PeerMsg::Challenge {
-            node,
-            nonce: n,
-            tag,
-        } if node == want => (n, tag),
-        PeerMsg::Challenge { node, .. } => {
-            return Err(format!("the node there is {node:?}, not {want:?}"))
-        }
+    let their_nonce = match ctl.recv::<PeerMsg>().await.map_err(|e| e.to_string())? {
+        PeerMsg::Challenge { nonce: n } => n,
         PeerMsg::Refused { reason } => return Err(format!("refused: {reason}")),
         _ => return Err("unexpected handshake message".into()),
     };
-    if !peer_tag_matches(token, ROLE_LISTEN, &their_nonce, &nonce, want, &tag) {
-        return Err("it does not know the cluster token".into());
-    }
     let proof = PeerMsg::Proof {
-        tag: peer_tag(token, ROLE_DIAL, &nonce, &their_nonce, me),
+        tag: peer_tag(secret, ROLE_DIAL, &nonce, &their_nonce, me),
     };
     ctl.send(&proof).await.map_err(|e| e.to_string())?;
     match ctl.recv::<PeerMsg>().await.map_err(|e| e.to_string())? {
-        PeerMsg::Welcome => Ok(()),
+        PeerMsg::Welcome { node, tag } if node == want => {
+            if peer_tag_matches(secret, ROLE_LISTEN, &their_nonce, &nonce, want, &tag) {
+                Ok(())
+            } else {
+                Err("it does not know the cluster secret".into())
+            }
+        }
+        PeerMsg::Welcome { node, .. } => Err(format!("the node there is {node:?}, not {want:?}")),
         PeerMsg::Refused { reason } => Err(format!("refused: {reason}")),
         _ => Err("unexpected handshake message".into()),
     }
@@ -289,7 +295,7 @@ async fn dialler_handshake(
 async fn listener_handshake(
     ctl: MuxStream,
     me: &str,
-    token: &Token,
+    secret: &Token,
     proved: &AtomicBool,
 ) -> Result<(String, MessageStream<MuxStream>), String> {
     let mut ctl = MessageStream::new(ctl, MAX_PEER_FRAME);
@@ -314,26 +320,25 @@ async fn listener_handshake(
         _ => return Err("not a peer hello".into()),
     };
     let nonce = new_nonce();
-    let challenge = PeerMsg::Challenge {
-        node: me.to_string(),
-        nonce,
-        tag: peer_tag(token, ROLE_LISTEN, &nonce, &their_nonce, me),
-    };
-    ctl.send(&challenge).await.map_err(|e| e.to_string())?;
+    ctl.send(&PeerMsg::Challenge { nonce })
+        .await
+        .map_err(|e| e.to_string())?;
     match ctl.recv::<PeerMsg>().await.map_err(|e| e.to_string())? {
         PeerMsg::Proof { tag }
-            if peer_tag_matches(token, ROLE_DIAL, &their_nonce, &nonce, &node, &tag) =>
+            if peer_tag_matches(secret, ROLE_DIAL, &their_nonce, &nonce, &node, &tag) =>
         {
             // Open to streams before the dialler hears it is welcome: it may open its
             // first one the moment it does.
             proved.store(true, Ordering::Release);
-            ctl.send(&PeerMsg::Welcome)
-                .await
-                .map_err(|e| e.to_string())?;
+            let welcome = PeerMsg::Welcome {
+                node: me.to_string(),
+                tag: peer_tag(secret, ROLE_LISTEN, &nonce, &their_nonce, me),
+            };
+            ctl.send(&welcome).await.map_err(|e| e.to_string())?;
             Ok((node, ctl))
         }
         _ => {
-            let reason = "the cluster token does not match".to_string();
+            let reason = "the cluster secret does not match".to_string();
             let _ = ctl
                 .send(&PeerMsg::Refused {
                     reason: reason.clone(),
@@ -369,10 +374,10 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Ctx>, tls: Option<Peer
             continue;
         };
         tcp_opts::tune_control(&tcp);
-        let (ctx, tls, token, me) = (
+        let (ctx, tls, secret, me) = (
             ctx.clone(),
             tls.clone(),
-            cluster.token.clone(),
+            cluster.secret.clone(),
             cluster.node.clone(),
         );
         let span = tracing::info_span!("peer", %from);
@@ -382,11 +387,11 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Ctx>, tls: Option<Peer
                 let result = match tls {
                     Some(tls) => match timeout(LINK_TIMEOUT, tls.acceptor.accept(tcp)).await {
                         Ok(Ok(s)) => {
-                            accept_link(BatchIo::new(s), ctx, alive, &me, &token, permit).await
+                            accept_link(BatchIo::new(s), ctx, alive, &me, &secret, permit).await
                         }
                         _ => Err("TLS handshake failed".to_string()),
                     },
-                    None => accept_link(BatchIo::new(tcp), ctx, alive, &me, &token, permit).await,
+                    None => accept_link(BatchIo::new(tcp), ctx, alive, &me, &secret, permit).await,
                 };
                 if let Err(e) = result {
                     info!(error = %e, "peer link refused");
@@ -402,7 +407,7 @@ async fn accept_link<IO>(
     ctx: Arc<Ctx>,
     alive: CancellationToken,
     me: &str,
-    token: &Token,
+    secret: &Token,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(), String>
 where
@@ -425,7 +430,7 @@ where
         let ctl = first_rx
             .await
             .map_err(|_| "closed before the hello".to_string())?;
-        listener_handshake(ctl, me, token, &proved).await
+        listener_handshake(ctl, me, secret, &proved).await
     };
     let (node, ctl) = match timeout(LINK_TIMEOUT, shake).await {
         Ok(Ok(v)) => v,

@@ -5,18 +5,20 @@
 //! (its route then opens one upstream connection per request).
 //!
 //! Owns how much may be read to learn the address (size caps, a deadline) and which
-//! bytes go on to the client: a PROXY header is consumed, an HTTP request is passed on
-//! whole. It does not decide who is admitted (`access`).
+//! bytes go on to the client: a PROXY header from a trusted source is consumed, one
+//! from anyone else refused (with or without `--accept-proxy-protocol`), an HTTP
+//! request is passed on whole. It does not decide who is admitted (`access`).
 
 use crate::protocol::{Cidr, Proto};
-use crate::transport::proxy_protocol::{self, opens_with_header, ProxyHeaderError};
-use std::io;
+use crate::transport::proxy_protocol::{self, ProxyHeaderError};
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+
+mod refuse;
+use refuse::first_bytes;
+pub use refuse::{RefuseHeader, UNTRUSTED_HEADER};
 
 pub use crate::caddy::VISITOR_HEADER;
 /// A PROXY header or a request head must have arrived within this time: a load
@@ -27,7 +29,8 @@ pub const LEARN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
 /// Headers parsed in a request head; more is refused.
 const MAX_HEADERS: usize = 128;
-/// Bytes read per call while a request head is incomplete.
+/// Bytes read per call while a request head is incomplete, and at most what is taken
+/// off a visitor's socket to look for a forged PROXY header (passed on as early bytes).
 const READ_CHUNK: usize = 4096;
 
 /// Where a connection's visitor address comes from.
@@ -35,9 +38,9 @@ const READ_CHUNK: usize = 4096;
 pub enum Source {
     /// The TCP peer is the visitor.
     Peer,
-    /// The TCP peer is the visitor, and a PROXY header it sends is refused: the
-    /// operator accepts headers from the load balancers in `--accept-proxy-protocol`
-    /// only, so a header from anyone else is a forgery (see [`RefuseHeader`]).
+    /// The TCP peer is the visitor, and a PROXY header it sends is refused: headers
+    /// come from the load balancers in `--accept-proxy-protocol` only (none without
+    /// it), so one from anyone else is a forgery (see [`learn`] and [`RefuseHeader`]).
     PeerNoHeader,
     /// A trusted load balancer: a PROXY header comes first and is consumed.
     ProxyHeader,
@@ -46,11 +49,24 @@ pub enum Source {
 }
 
 /// Decides, at accept time, where the visitor of a connection from `peer` is learnt.
+/// On an http forward the TCP peer is Caddy, which speaks HTTP and never relays a
+/// visitor's PROXY header.
+///
+/// ```
+/// use pipe::protocol::Proto;
+/// use pipe::server::real_addr::{source, Source};
+/// let lb = vec!["10.0.0.0/8".parse().unwrap()];
+/// let (inside, outside) = ("10.1.2.3:5".parse().unwrap(), "203.0.113.9:5".parse().unwrap());
+/// assert_eq!(source(Proto::Tcp, false, &lb, inside), Source::ProxyHeader);
+/// assert_eq!(source(Proto::Tcp, false, &lb, outside), Source::PeerNoHeader);
+/// assert_eq!(source(Proto::Tcp, false, &[], outside), Source::PeerNoHeader);
+/// assert_eq!(source(Proto::Http, true, &lb, inside), Source::CaddyHeader);
+/// ```
 pub fn source(proto: Proto, visitor_wanted: bool, trusted: &[Cidr], peer: SocketAddr) -> Source {
     match proto {
         Proto::Http if visitor_wanted => Source::CaddyHeader,
         Proto::Tcp if trusted.iter().any(|c| c.contains(peer.ip())) => Source::ProxyHeader,
-        Proto::Tcp if !trusted.is_empty() => Source::PeerNoHeader,
+        Proto::Tcp => Source::PeerNoHeader,
         _ => Source::Peer,
     }
 }
@@ -70,6 +86,10 @@ pub struct Visitor {
     /// The public address the visitor reached, when known.
     pub public: Option<SocketAddr>,
     pub early: Vec<u8>,
+    /// The visitor had sent nothing yet when it was learnt (it may be waiting for the
+    /// service to speak first), so a PROXY header may still come: splice through
+    /// [`RefuseHeader`].
+    pub refuse_header: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,19 +117,24 @@ pub async fn learn(
                 addr: peer,
                 public,
                 early: Vec::new(),
+                refuse_header: false,
             }),
-            // Learnt at accept time; a header is refused on the way (`RefuseHeader`).
-            Source::PeerNoHeader => Ok(Visitor {
-                addr: peer,
-                public,
-                early: Vec::new(),
-            }),
+            Source::PeerNoHeader => {
+                let first = first_bytes(sock).await?;
+                Ok(Visitor {
+                    addr: peer,
+                    public,
+                    refuse_header: first.is_none(),
+                    early: first.unwrap_or_default(),
+                })
+            }
             Source::ProxyHeader => {
                 let (announced, early) = proxy_protocol::read(sock).await?;
                 Ok(Visitor {
                     addr: announced.src.unwrap_or(peer),
                     public: announced.dst.or(public),
                     early,
+                    refuse_header: false,
                 })
             }
             Source::CaddyHeader => {
@@ -119,6 +144,7 @@ pub async fn learn(
                     // The public side is Caddy's, which Caddy does not name.
                     public: None,
                     early,
+                    refuse_header: false,
                 })
             }
         }
@@ -126,102 +152,6 @@ pub async fn learn(
     tokio::time::timeout(LEARN_TIMEOUT, work)
         .await
         .map_err(|_| LearnError::Timeout)?
-}
-
-/// Why a connection was ended by [`RefuseHeader`].
-pub const UNTRUSTED_HEADER: &str =
-    "PROXY header from a source outside --accept-proxy-protocol; connection refused";
-
-/// A visitor's socket that fails, without passing a byte on, if the connection opens
-/// with a PROXY header (`Source::PeerNoHeader`). While the first bytes may still be
-/// the start of a signature (at most 11 of them) they are held back; once they cannot
-/// be, everything passes through untouched.
-pub struct RefuseHeader<'a> {
-    inner: &'a mut TcpStream,
-    first: First,
-}
-
-enum First {
-    /// Undecided: the bytes read so far, all a start of a signature.
-    Deciding(Vec<u8>),
-    /// No header: these bytes go out before any more are read.
-    Passing(Vec<u8>),
-    Open,
-}
-
-impl<'a> RefuseHeader<'a> {
-    pub fn new(inner: &'a mut TcpStream) -> Self {
-        RefuseHeader {
-            inner,
-            first: First::Deciding(Vec::new()),
-        }
-    }
-}
-
-impl AsyncRead for RefuseHeader<'_> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        loop {
-            match &mut this.first {
-                First::Open => return Pin::new(&mut *this.inner).poll_read(cx, buf),
-                First::Passing(held) => {
-                    let n = held.len().min(buf.remaining());
-                    buf.put_slice(&held[..n]);
-                    held.drain(..n);
-                    if held.is_empty() {
-                        this.first = First::Open;
-                    }
-                    return Poll::Ready(Ok(()));
-                }
-                First::Deciding(held) => {
-                    let mut more = [0u8; 16];
-                    let mut more = ReadBuf::new(&mut more);
-                    ready!(Pin::new(&mut *this.inner).poll_read(cx, &mut more))?;
-                    if more.filled().is_empty() {
-                        // Closed while undecided: the held bytes were the payload.
-                        let held = std::mem::take(held);
-                        if held.is_empty() {
-                            this.first = First::Open;
-                            return Poll::Ready(Ok(()));
-                        }
-                        this.first = First::Passing(held);
-                        continue;
-                    }
-                    held.extend_from_slice(more.filled());
-                    match opens_with_header(held) {
-                        Some(true) => {
-                            return Poll::Ready(Err(io::Error::new(
-                                io::ErrorKind::PermissionDenied,
-                                UNTRUSTED_HEADER,
-                            )))
-                        }
-                        Some(false) => this.first = First::Passing(std::mem::take(held)),
-                        None => {}
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl AsyncWrite for RefuseHeader<'_> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_shutdown(cx)
-    }
 }
 
 /// Reads a request head (all of it is returned, to be passed on) and the address in
@@ -274,63 +204,5 @@ pub fn visitor_in_head(buf: &[u8]) -> Result<Option<Option<SocketAddr>>, LearnEr
                 .and_then(|v| v.trim().parse().ok()),
         )),
         Err(e) => Err(LearnError::Head(e.to_string())),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::AsyncWriteExt;
-    use tokio::net::TcpListener;
-
-    /// Sends `pieces` (with a pause between, so they arrive as separate reads) into a
-    /// `RefuseHeader` and returns what it let through, or its error.
-    async fn through(pieces: &[&[u8]]) -> io::Result<Vec<u8>> {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut sender = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (mut sock, _) = l.accept().await.unwrap();
-        let pieces: Vec<Vec<u8>> = pieces.iter().map(|p| p.to_vec()).collect();
-        let send = tokio::spawn(async move {
-            for p in pieces {
-                sender.write_all(&p).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            sender.shutdown().await.unwrap();
-            sender
-        });
-        let mut got = Vec::new();
-        let r = RefuseHeader::new(&mut sock).read_to_end(&mut got).await;
-        drop(send.await.unwrap());
-        r.map(|_| got)
-    }
-
-    #[tokio::test]
-    async fn a_header_is_refused_even_when_its_signature_comes_in_pieces() {
-        for pieces in [
-            &[b"PROXY TCP4 203.0.113.7 10.0.0.1 5555 80\r\nGET /".as_slice()][..],
-            &[b"PR", b"OX", b"Y TCP4 1.2.3.4 5.6.7.8 1 2\r\n"],
-            &[b"\r\n\r\n\0\r", b"\nQUIT\n\x21\x11\0\x0c"],
-        ] {
-            let e = through(pieces).await.unwrap_err();
-            assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
-            assert_eq!(e.to_string(), UNTRUSTED_HEADER);
-        }
-    }
-
-    #[tokio::test]
-    async fn anything_else_passes_byte_for_byte() {
-        let cases: [&[&[u8]]; 5] = [
-            &[b"GET / HTTP/1.1\r\n\r\n"],
-            &[b"PROX", b"IMA centauri"],
-            &[b"\r\n", b"\r\nnot v2"],
-            &[b"PROXY"],
-            &[],
-        ];
-        for pieces in cases {
-            let want: Vec<u8> = pieces.concat();
-            assert_eq!(through(pieces).await.unwrap(), want, "{pieces:?}");
-        }
-        let big = vec![b'x'; 1 << 20];
-        assert_eq!(through(&[&big]).await.unwrap(), big);
     }
 }

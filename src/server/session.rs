@@ -2,7 +2,7 @@
 //! and closes tunnels, exchanges heartbeats, and releases everything at the end.
 
 use super::login::{audit_login, close_refused, login_failed, register, AUDIT};
-use super::state::{SessionEvent, SessionInfo, TunnelInfo, TunnelStats};
+use super::state::{self, SessionEvent, SessionInfo, TunnelInfo, TunnelStats};
 use super::users::check_rights;
 use super::{tcp as tcp_tunnel, Ctx};
 use crate::accounts::{throttle, User};
@@ -34,6 +34,18 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 const PEER_ATTACH_QUEUE: usize = 64;
 /// How long a closing session waits for its tunnels to release their ports.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+/// How long the server waits to tell a client why its session ends: the session is
+/// going anyway, and a stalled client must not hold it open.
+const ENDING_SEND: Duration = Duration::from_secs(1);
+/// Ports the server picks at most for a forward that asked for any (`remote_port` 0),
+/// when the cluster says the one picked was just taken on another node.
+const PICKS: usize = 8;
+
+/// Should a forward that asked for any port try another one after `picks` were taken
+/// elsewhere in the cluster between the local pick and the claim?
+fn repick(asked: u16, refusal: &str, picks: usize) -> bool {
+    asked == 0 && refusal.contains("is taken by another client") && picks < PICKS
+}
 
 /// Serves one accepted control connection from login to teardown. The login must be
 /// done by `deadline`; with `refusal` set, the login is refused with that reason.
@@ -114,12 +126,24 @@ pub async fn serve<IO>(
         }
         Ok(Ok((ctl, Ok(who)))) => (ctl, who),
     };
+    if let Some(key) = who.join {
+        let parts = super::join::Joining {
+            ctl,
+            mux,
+            driver,
+            stop,
+            permit,
+        };
+        return super::join::serve(ctx, who, key, peer, parts).await;
+    }
 
-    let (session, events) = match register(&ctx, &who, peer, stop.clone()).await {
+    let links = super::links::Links::new(mux.clone());
+    let (session, events) = match register(&ctx, &who, peer, stop.clone(), links).await {
         Ok(v) => v,
         Err(reason) => {
             audit_login(who.user.as_deref(), peer, &reason);
-            let msg = ServerMsg::LoginRefused { reason };
+            let retry = super::login::login_refusal_is_retryable(&reason);
+            let msg = ServerMsg::LoginRefused { reason, retry };
             let _ = send(&mut ctl, &msg, cfg.heartbeat_timeout).await;
             close_refused(ctl, &stop, &mut driver).await;
             return;
@@ -131,6 +155,8 @@ pub async fn serve<IO>(
             &mut ctl,
             &ServerMsg::LoginOk {
                 session_id: session.id,
+                join_key: session.join_key,
+                max_links: super::links::MAX_LINKS as u16,
             },
             cfg.heartbeat_timeout,
         )
@@ -195,7 +221,13 @@ impl Session {
         let mut last_seen = Instant::now();
         loop {
             tokio::select! {
-                _ = self.info.stop.cancelled() => return "stopped by the server",
+                _ = self.info.stop.cancelled() => {
+                    if let Some(e) = self.info.ending() {
+                        let msg = ServerMsg::Ending { reason: e.reason, retry: e.retry };
+                        let _ = send(ctl, &msg, hb_timeout.min(ENDING_SEND)).await;
+                    }
+                    return "stopped by the server";
+                }
                 _ = driver.finished() => return "connection lost",
                 msg = ctl.recv::<ClientMsg>() => {
                     last_seen = Instant::now();
@@ -206,6 +238,14 @@ impl Session {
                             if let Some(t) = self.tunnels.remove(&id) {
                                 info!(forward = id, port = t.port, "client cancelled the forward");
                                 t.stop.cancel();
+                            }
+                            continue;
+                        }
+                        Ok(ClientMsg::LocalService { id, up }) => {
+                            if let Some(t) = self.tunnels.get(&id) {
+                                let v = if up { state::LOCAL_UP } else { state::LOCAL_DOWN };
+                                t.stats.local.store(v, Relaxed);
+                                t.stats.local_since.store(state::unix_now(), Relaxed);
                             }
                             continue;
                         }
@@ -291,7 +331,10 @@ impl Session {
     async fn try_open(&mut self, mut req: ForwardRequest) -> ServerMsg {
         let id = req.id;
         self.tunnels.retain(|_, t| !t.stop.is_cancelled());
-        let refuse = |reason: String| ServerMsg::ForwardRefused { id, reason };
+        let refuse = |reason: String| {
+            let retry = super::cluster::retryable(&reason);
+            ServerMsg::ForwardRefused { id, reason, retry }
+        };
         let cfg = &self.ctx.state.config;
         if self.tunnels.contains_key(&id) {
             return refuse(format!("forward id {id} is already open"));
@@ -371,6 +414,7 @@ impl Session {
                 p => super::access::resolved(&self.ctx.state.config.allow, p, &req.options),
             },
             visitor_from_caddy: req.proto == Proto::Http && req.options.proxy_protocol.is_some(),
+            sign_in: req.options.auth.is_some(),
             stats: TunnelStats::default(),
             stop: self.info.stop.child_token(),
         })
@@ -386,18 +430,28 @@ impl Session {
         let bind_ip = state.config.bind_addr;
         let asked = (req.remote_port != 0).then_some(ClaimKey::Tcp(req.remote_port));
         self.take_from_mirror(asked.as_ref()).await?;
-        let claimed = super::ports::claim(&state, false, req.remote_port, scope, |p| {
-            tokio::net::TcpListener::bind((bind_ip, p))
-        })
-        .await;
-        let (listener, port) = self.unless_refused(claimed, asked.as_ref())?;
-        let tunnel = self.new_tunnel(&req, port, None, speed_limit);
-        let key = ClaimKey::Tcp(port);
-        if let Err(e) = self.cluster_claim(&key, &tunnel, None).await {
-            drop(listener);
-            state.release_port(super::state::PortKey::Tcp(port));
-            return Err(e);
-        }
+        let mut picks = 0;
+        let (listener, tunnel) = loop {
+            let claimed = super::ports::claim(&state, false, req.remote_port, scope, |p| {
+                tokio::net::TcpListener::bind((bind_ip, p))
+            })
+            .await;
+            let (listener, port) = self.unless_refused(claimed, asked.as_ref())?;
+            let tunnel = self.new_tunnel(&req, port, None, speed_limit);
+            let key = ClaimKey::Tcp(port);
+            match self.cluster_claim(&key, &tunnel, None).await {
+                Ok(()) => break (listener, tunnel),
+                Err(e) => {
+                    drop(listener);
+                    state.release_port(super::state::PortKey::Tcp(port));
+                    picks += 1;
+                    if !repick(req.remote_port, &e, picks) {
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        let port = tunnel.port;
         self.start_tcp_tunnel(listener, tunnel, None, None);
         Ok(ServerMsg::ForwardOk {
             id: req.id,
@@ -423,8 +477,7 @@ impl Session {
             return Ok(());
         }
         self.prove_in_cluster(&c).await?;
-        c.claim(key, &self.info.owner, 0, None, self.info.stop.clone())
-            .await?;
+        c.claim(key, &self.info, 0, None).await?;
         c.mirrors.remove(&self.ctx, key).await;
         Ok(())
     }
@@ -479,15 +532,7 @@ impl Session {
                 ..Rules::default()
             })
         });
-        let r = c
-            .claim(
-                key,
-                &self.info.owner,
-                tunnel.id,
-                rules,
-                self.info.stop.clone(),
-            )
-            .await;
+        let r = c.claim(key, &self.info, tunnel.id, rules).await;
         if r.is_err() {
             // A provisional claim from `take_from_mirror` goes too.
             c.release(key.clone(), 0);
@@ -505,18 +550,28 @@ impl Session {
         let bind_ip = state.config.udp_bind_addr;
         let asked = (req.remote_port != 0).then_some(ClaimKey::Udp(req.remote_port));
         self.take_from_mirror(asked.as_ref()).await?;
-        let claimed = super::ports::claim(&state, true, req.remote_port, scope, |p| {
-            tokio::net::UdpSocket::bind((bind_ip, p))
-        })
-        .await;
-        let (socket, port) = self.unless_refused(claimed, asked.as_ref())?;
-        let tunnel = self.new_tunnel(&req, port, None, speed_limit);
-        let key = ClaimKey::Udp(port);
-        if let Err(e) = self.cluster_claim(&key, &tunnel, None).await {
-            drop(socket);
-            state.release_port(super::state::PortKey::Udp(port));
-            return Err(e);
-        }
+        let mut picks = 0;
+        let (socket, tunnel, key) = loop {
+            let claimed = super::ports::claim(&state, true, req.remote_port, scope, |p| {
+                tokio::net::UdpSocket::bind((bind_ip, p))
+            })
+            .await;
+            let (socket, port) = self.unless_refused(claimed, asked.as_ref())?;
+            let tunnel = self.new_tunnel(&req, port, None, speed_limit);
+            let key = ClaimKey::Udp(port);
+            match self.cluster_claim(&key, &tunnel, None).await {
+                Ok(()) => break (socket, tunnel, key),
+                Err(e) => {
+                    drop(socket);
+                    state.release_port(super::state::PortKey::Udp(port));
+                    picks += 1;
+                    if !repick(req.remote_port, &e, picks) {
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        let port = tunnel.port;
         state.add_tunnel(tunnel.clone(), None);
         self.tunnels.insert(tunnel.forward_id, tunnel.clone());
         info!(forward = req.id, proto = "udp", port, "tunnel open");
@@ -567,7 +622,7 @@ impl Session {
         let t = Arc::new(tcp_tunnel::TunnelCtx {
             ctx: self.ctx.clone(),
             tunnel: tunnel.clone(),
-            mux: self.mux.clone(),
+            links: self.info.links.clone(),
             streams: self
                 .streams
                 .join(tunnel.id, self.ctx.state.config.max_connections),

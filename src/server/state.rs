@@ -8,7 +8,7 @@ use crate::config::{PortSet, ServerConfig};
 use crate::protocol::{Proto, CLIENT_ID_LEN, PROOF_LEN};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 use tokio::sync::mpsc;
@@ -43,7 +43,10 @@ impl AuthFailures {
 #[derive(Debug, Default)]
 pub struct GlobalStats {
     pub auth_failures: AuthFailures,
+    /// Live TCP (and http) visitor connections.
     pub connections_active: AtomicU64,
+    /// UDP senders with a live mapping.
+    pub udp_peers_active: AtomicU64,
     pub connections_tcp: AtomicU64,
     pub connections_udp: AtomicU64,
     /// Bytes of tunnels that have closed; live tunnels keep their own.
@@ -62,6 +65,28 @@ pub struct TunnelStats {
     pub bytes_out: Arc<AtomicU64>,
     pub active: AtomicU64,
     pub total: AtomicU64,
+    /// Unix seconds of the latest visitor, 0 before the first.
+    pub last_visitor: AtomicU64,
+    /// Whether the local service answered the latest visitor, as the client last said
+    /// (`ClientMsg::LocalService`): `LOCAL_UNKNOWN`, `LOCAL_UP` or `LOCAL_DOWN`.
+    pub local: AtomicU8,
+    /// Unix seconds of that report.
+    pub local_since: AtomicU64,
+}
+
+/// `TunnelStats::local` before the client said anything.
+pub const LOCAL_UNKNOWN: u8 = 0;
+/// `TunnelStats::local`: the local service answered.
+pub const LOCAL_UP: u8 = 1;
+/// `TunnelStats::local`: the local service did not answer.
+pub const LOCAL_DOWN: u8 = 2;
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Something the rest of the server asks a session's control loop to do.
@@ -93,9 +118,15 @@ pub struct SessionInfo {
     /// The last link of the client's proof chain this server accepted: a takeover must
     /// present one that hashes forward to it.
     pub proof: [u8; PROOF_LEN],
+    /// The client id was checked against the binding of the token the login proved.
+    /// False only on an open server, for a client that holds a token the server does
+    /// not know: any login that can prove its id then takes this session over.
+    pub bound: bool,
     pub addr: SocketAddr,
     pub since: SystemTime,
     pub software: String,
+    /// What the client said about itself at login (its name, the host it dialled).
+    pub about: crate::auth::Introduction,
     /// Cancelled to end the session (takeover, shutdown).
     pub stop: CancellationToken,
     /// Cancelled once the session has released all its ports.
@@ -104,6 +135,45 @@ pub struct SessionInfo {
     /// Cluster: logged in while the directory could not check the proof; checked
     /// before the session's first claim.
     pub unproven_in_cluster: std::sync::atomic::AtomicBool,
+    /// Why the server ends the session, told to the client before it goes
+    /// (`ServerMsg::Ending`); set by [`SessionInfo::end`].
+    pub ending: std::sync::Mutex<Option<Ending>>,
+    /// The secret that joins more of the client's connections to this session.
+    pub join_key: [u8; crate::protocol::JOIN_KEY_LEN],
+    /// The client's connections: this session's and those joined to it.
+    pub links: super::links::Links,
+}
+
+/// Why the server ends a session, as the client is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ending {
+    pub reason: String,
+    /// Another server can serve the client now (this one cannot).
+    pub retry: bool,
+}
+
+impl SessionInfo {
+    /// Ends the session and tells the client why first. The first reason given wins.
+    pub fn end(&self, reason: impl Into<String>, retry: bool) {
+        {
+            let mut ending = self.ending.lock().unwrap_or_else(|e| e.into_inner());
+            if ending.is_none() {
+                *ending = Some(Ending {
+                    reason: reason.into(),
+                    retry,
+                });
+            }
+        }
+        self.stop.cancel();
+    }
+
+    /// The reason given to [`SessionInfo::end`], if any.
+    pub fn ending(&self) -> Option<Ending> {
+        self.ending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 #[derive(Debug)]
@@ -126,6 +196,8 @@ pub struct TunnelInfo {
     pub access: super::access::Access,
     /// `Http` only: Caddy names each connection's visitor (`real_addr`).
     pub visitor_from_caddy: bool,
+    /// `Http` only: visitors sign in (`auth=oidc`).
+    pub sign_in: bool,
     pub stats: TunnelStats,
     /// Cancelled to close the tunnel and its connections.
     pub stop: CancellationToken,
@@ -199,6 +271,8 @@ pub struct State {
     pub tls_fingerprint: Option<String>,
     /// The cluster, once this node has joined it (`--cluster`).
     pub(crate) cluster: std::sync::OnceLock<Arc<super::cluster::Cluster>>,
+    /// The loopback port of the sign-in gate, once it is bound (`--oidc-issuer`).
+    pub(crate) sign_in_gate: std::sync::OnceLock<u16>,
 }
 
 /// Marker in the port map for a port being bound but not yet owned by a tunnel.
@@ -223,7 +297,13 @@ impl State {
             logins: Default::default(),
             tls_fingerprint: None,
             cluster: Default::default(),
+            sign_in_gate: Default::default(),
         }
+    }
+
+    /// Where Caddy reaches the sign-in gate, when this server signs visitors in.
+    pub fn sign_in_gate(&self) -> Option<u16> {
+        self.sign_in_gate.get().copied()
     }
 
     /// The same state with a users file in force.
@@ -389,6 +469,20 @@ impl State {
         self.lock().sessions.insert(s.id, s);
     }
 
+    /// Registers a session if `valid()`, asked under the registry lock; `false` if not.
+    /// A reload that ends the sessions proved with an old token looks them up under
+    /// this lock after putting the new token in force, so a login checked against the
+    /// old token is either registered before that lookup (and ended by it) or judged
+    /// after the new token is in force (and refused here): none slips between.
+    pub fn add_session_if(&self, s: Arc<SessionInfo>, valid: impl FnOnce() -> bool) -> bool {
+        let mut reg = self.lock();
+        if !valid() {
+            return false;
+        }
+        reg.sessions.insert(s.id, s);
+        true
+    }
+
     pub fn remove_session(&self, id: u64) {
         self.lock().sessions.remove(&id);
     }
@@ -442,16 +536,14 @@ impl State {
         }
     }
 
-    /// Other live sessions of the same client (a reconnect after a network failure).
-    pub fn sessions_of_client(
-        &self,
-        client_id: &[u8; CLIENT_ID_LEN],
-        except: u64,
-    ) -> Vec<Arc<SessionInfo>> {
+    /// Live sessions of the same owner: the same user's client with this id (a
+    /// reconnect after a network failure). Another user's session with the same id
+    /// is none of this owner's business, so it can never shut the owner out.
+    pub fn sessions_of_owner(&self, owner: &Owner) -> Vec<Arc<SessionInfo>> {
         self.lock()
             .sessions
             .values()
-            .filter(|s| &s.owner.client_id == client_id && s.id != except)
+            .filter(|s| &s.owner == owner)
             .cloned()
             .collect()
     }
@@ -585,10 +677,11 @@ impl ConnGuard {
     pub fn new(state: Arc<State>, tunnel: Arc<TunnelInfo>) -> Self {
         tunnel.stats.active.fetch_add(1, Ordering::Relaxed);
         tunnel.stats.total.fetch_add(1, Ordering::Relaxed);
-        state
+        tunnel
             .stats
-            .connections_active
-            .fetch_add(1, Ordering::Relaxed);
+            .last_visitor
+            .store(unix_now(), Ordering::Relaxed);
+        ConnGuard::active(&state, tunnel.proto).fetch_add(1, Ordering::Relaxed);
         let total = match tunnel.proto {
             Proto::Udp => &state.stats.connections_udp,
             Proto::Tcp | Proto::Http => &state.stats.connections_tcp,
@@ -596,15 +689,21 @@ impl ConnGuard {
         total.fetch_add(1, Ordering::Relaxed);
         ConnGuard { state, tunnel }
     }
+
+    /// Live TCP connections, or live UDP senders: counted apart, since a UDP sender
+    /// is no connection and lingers until its idle timeout.
+    fn active(state: &State, proto: Proto) -> &AtomicU64 {
+        match proto {
+            Proto::Udp => &state.stats.udp_peers_active,
+            Proto::Tcp | Proto::Http => &state.stats.connections_active,
+        }
+    }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.tunnel.stats.active.fetch_sub(1, Ordering::Relaxed);
-        self.state
-            .stats
-            .connections_active
-            .fetch_sub(1, Ordering::Relaxed);
+        ConnGuard::active(&self.state, self.tunnel.proto).fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -1,5 +1,13 @@
 //! TCP tunnels: the public accept loop and one yamux stream per visitor.
+//!
+//! A visitor's connection ends cleanly (FIN) only when both ends closed. Every other
+//! end resets it (RST), so a cut-off transfer never looks complete: its splice failed
+//! (the client's stream was reset, the session died), or the tunnel's `stop` token was
+//! cancelled. That token is a child of the session's, so cancelling either, as the
+//! session's end, a lost claim and the operator's close do, resets every visitor the
+//! tunnel carries, here and (through the peer stream's reset) on a mirror node.
 
+use super::links::Load;
 use super::peer::PeerOpen;
 use super::real_addr::{self, RefuseHeader, Source, Visitor};
 use super::state::{ConnGuard, TunnelInfo};
@@ -7,7 +15,7 @@ use super::streams::{StreamPermit, TunnelBudget};
 use super::Ctx;
 use crate::limit::RateLimiter;
 use crate::protocol::{write_frame, StreamHeader};
-use crate::transport::{splice, tcp, Mux, MuxStream, SpliceOptions};
+use crate::transport::{splice, tcp, MuxStream, SpliceOptions};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,7 +32,8 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 pub struct TunnelCtx {
     pub ctx: Arc<Ctx>,
     pub tunnel: Arc<TunnelInfo>,
-    pub mux: Mux,
+    /// The client's connections; each visitor's stream goes on the least-loaded.
+    pub links: super::links::Links,
     /// This tunnel's part of the session's stream budget.
     pub streams: TunnelBudget,
     pub limits: Option<(Arc<RateLimiter>, Arc<RateLimiter>)>,
@@ -82,7 +91,7 @@ async fn visitor(
 ) {
     tcp::tune(&sock);
     let learnt = tokio::select! {
-        _ = t.tunnel.stop.cancelled() => return,
+        _ = t.tunnel.stop.cancelled() => return tcp::reset_on_close(&sock),
         r = real_addr::learn(&mut sock, peer, source) => r,
     };
     let v = match learnt {
@@ -96,18 +105,27 @@ async fn visitor(
     // Counted from here: a refused visitor is no connection of the tunnel's.
     let _guard = ConnGuard::new(t.ctx.state.clone(), t.tunnel.clone());
     let result = tokio::select! {
-        _ = t.tunnel.stop.cancelled() => return,
-        r = carry(&mut sock, v, source, &t) => r,
+        // The tunnel ended under the visitor (its session died, its claim was lost,
+        // the operator closed it): whatever it was sent so far is not all there is.
+        _ = t.tunnel.stop.cancelled() => Err("the tunnel closed under it".to_string()),
+        r = carry(&mut sock, v, &t) => r,
     };
     match result {
         Ok(()) => debug!("visitor done"),
-        Err(e) => debug!(error = %e, "visitor closed"),
+        Err(e) => {
+            // Only both ends closing is a clean end; anything else reaches the
+            // visitor as a reset, never as a short clean close.
+            tcp::reset_on_close(&sock);
+            debug!(error = %e, "visitor reset");
+        }
     }
 }
 
-/// Opens the client's stream for visitor `v` and sends what the visitor already sent.
-async fn open_client(t: &TunnelCtx, v: &Visitor) -> Result<MuxStream, String> {
-    let mut stream = t.mux.open().await.map_err(|e| e.to_string())?;
+/// Opens the client's stream for visitor `v` (on the least-loaded of its connections,
+/// counted there until the returned `Load` drops) and sends what the visitor already
+/// sent.
+async fn open_client(t: &TunnelCtx, v: &Visitor) -> Result<(MuxStream, Load), String> {
+    let (mut stream, load) = t.links.open().await.map_err(|e| e.to_string())?;
     let header = StreamHeader {
         forward_id: t.tunnel.forward_id,
         visitor: Some(v.addr),
@@ -126,7 +144,7 @@ async fn open_client(t: &TunnelCtx, v: &Visitor) -> Result<MuxStream, String> {
             .bytes_in
             .fetch_add(v.early.len() as u64, Ordering::Relaxed);
     }
-    Ok(stream)
+    Ok((stream, load))
 }
 
 /// The tunnel's counters and speed limits for one visitor's splice.
@@ -141,26 +159,19 @@ fn splice_options(t: &TunnelCtx) -> SpliceOptions {
     }
 }
 
-async fn carry(
-    sock: &mut TcpStream,
-    v: Visitor,
-    source: Source,
-    t: &TunnelCtx,
-) -> Result<(), String> {
-    let mut stream = open_client(t, &v).await?;
+async fn carry(sock: &mut TcpStream, v: Visitor, t: &TunnelCtx) -> Result<(), String> {
+    let (mut stream, _load) = open_client(t, &v).await?;
     let opts = splice_options(t);
-    let result = if source == Source::PeerNoHeader {
+    let result = if v.refuse_header {
         splice(&mut RefuseHeader::new(sock), &mut stream, opts).await
     } else {
         splice(sock, &mut stream, opts).await
     };
     if matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied) {
-        // Reset, so the sender does not take it for a clean end; no byte of the
-        // header went on, and the stream is reset under the local service.
-        tcp::reset_on_close(sock);
+        // No byte of the header went on, and the stream is reset under the local
+        // service (dropped unfinished).
         debug!(visitor = %v.addr, "{}", real_addr::UNTRUSTED_HEADER);
     }
-    tcp::pass_reset(&result, sock);
     result.map(|_| ()).map_err(|e| e.to_string())
 }
 
@@ -183,18 +194,21 @@ pub async fn carry_from_peer(mut peer: MuxStream, open: PeerOpen, t: Arc<TunnelC
         addr,
         public: open.public,
         early: Vec::new(),
+        refuse_header: false,
     };
     let work = async {
-        let mut stream = open_client(&t, &v).await?;
+        let (mut stream, _load) = open_client(&t, &v).await?;
         splice(&mut peer, &mut stream, splice_options(&t))
             .await
             .map_err(|e| e.to_string())
     };
+    // The tunnel ending under the visitor drops the peer stream unfinished: a reset,
+    // which the other node passes on to its visitor.
     let result = tokio::select! {
-        _ = t.tunnel.stop.cancelled() => return,
+        _ = t.tunnel.stop.cancelled() => Err("the tunnel closed under it".to_string()),
         r = work => r,
     };
     if let Err(e) = result {
-        debug!(visitor = %addr, error = %e, "peer visitor closed");
+        debug!(visitor = %addr, error = %e, "peer visitor reset");
     }
 }

@@ -28,6 +28,7 @@ const RANDOM_SUBDOMAIN_TAIL: usize = 8;
 pub(super) fn check_rights(u: &User, req: &mut ForwardRequest) -> Result<(), String> {
     match req.proto {
         Proto::Http => match &req.subdomain {
+            _ if u.require_sign_in && req.options.auth.is_none() => u.check_sign_in(false),
             Some(sub) => u.check_subdomain(sub),
             None => {
                 let prefix = u.random_subdomain_prefix()?;
@@ -97,7 +98,10 @@ pub fn apply(state: &State, change: &Change) {
             info!(user = %name, sessions = sessions.len(), "the user's token changed or the user was removed; ending the user's sessions");
         }
         for s in sessions {
-            s.stop.cancel();
+            s.end(
+                format!("the token of user {name} was changed or the user was removed; log in with the new token"),
+                false,
+            );
         }
     }
     for user in change.narrowed() {
@@ -138,7 +142,9 @@ fn outside(user: &User, t: &TunnelInfo) -> Option<String> {
                 .strip_prefix("https://")?
                 .split('.')
                 .next()?;
-            user.check_subdomain(sub).err()
+            user.check_subdomain(sub)
+                .and_then(|()| user.check_sign_in(t.sign_in))
+                .err()
         }
     }
 }

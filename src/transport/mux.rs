@@ -16,7 +16,9 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::AbortOnDropHandle;
 
 use super::goaway::Watch;
+use super::stream::Ends;
 pub use super::stream::MuxStream;
+use std::sync::Arc;
 
 pub use yamux::Mode;
 
@@ -70,7 +72,7 @@ pub enum MuxError {
     Yamux(#[from] yamux::ConnectionError),
 }
 
-type OpenReply = oneshot::Sender<Result<yamux::Stream, MuxError>>;
+type OpenReply = oneshot::Sender<Result<MuxStream, MuxError>>;
 
 /// A handle to a running session driver. Cheap to clone.
 #[derive(Clone)]
@@ -84,11 +86,7 @@ impl Mux {
     pub async fn open(&self) -> Result<MuxStream, MuxError> {
         let (tx, rx) = oneshot::channel();
         self.open_tx.send(tx).await.map_err(|_| MuxError::Closed)?;
-        match rx.await {
-            Ok(Ok(s)) => Ok(MuxStream::new(s)),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(MuxError::Closed),
-        }
+        rx.await.unwrap_or(Err(MuxError::Closed))
     }
 }
 
@@ -107,8 +105,10 @@ where
     F: FnMut(MuxStream) + Send + 'static,
 {
     let (open_tx, open_rx) = mpsc::channel(OPEN_QUEUE);
+    let ends = Arc::new(Ends::default());
     let driver = Driver {
-        conn: yamux::Connection::new(Watch::new(io), cfg, mode),
+        conn: yamux::Connection::new(Watch::new(io, ends.clone()), cfg, mode),
+        ends,
         open_rx,
         pending: VecDeque::new(),
         on_inbound,
@@ -121,6 +121,8 @@ where
 /// The session's driver future; spawn it. Resolves with how the session ended.
 pub struct Driver<T, F> {
     conn: yamux::Connection<Watch<T>>,
+    /// How each stream of the session ended, as its frames said (`stream`).
+    ends: Arc<Ends>,
     open_rx: mpsc::Receiver<OpenReply>,
     pending: VecDeque<OpenReply>,
     on_inbound: F,
@@ -153,7 +155,8 @@ where
                 Poll::Ready(result) => {
                     if let Some(reply) = this.pending.pop_front() {
                         // A caller that gave up drops the stream, which closes it.
-                        let _ = reply.send(result.map_err(MuxError::from));
+                        let stream = result.map(|s| MuxStream::new(s, this.ends.clone()));
+                        let _ = reply.send(stream.map_err(MuxError::from));
                     }
                 }
                 Poll::Pending => break,
@@ -161,7 +164,9 @@ where
         }
         loop {
             match this.conn.poll_next_inbound(cx) {
-                Poll::Ready(Some(Ok(stream))) => (this.on_inbound)(MuxStream::new(stream)),
+                Poll::Ready(Some(Ok(stream))) => {
+                    (this.on_inbound)(MuxStream::new(stream, this.ends.clone()))
+                }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
                 Poll::Ready(None) => return Poll::Ready(Ok(())),
                 Poll::Pending => return Poll::Pending,

@@ -110,7 +110,7 @@ pub fn state_dir(dir: Option<&Path>) -> Result<PathBuf, String> {
         .ok_or_else(|| "no state directory: pass --state-dir (HOME is not set)".to_string())
 }
 
-fn write_private(path: &Path, text: &str) -> Result<(), String> {
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), String> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -150,11 +150,12 @@ pub fn ensure(dir: &Path) -> Result<(PathBuf, PathBuf, Fingerprint), String> {
     Ok((cert, key, Fingerprint::of(&der)))
 }
 
-/// The certificate presented was not the pinned one.
+/// The certificate presented was not the pinned one (`transport::verify` words it for
+/// the user).
 #[derive(Debug)]
-struct Mismatch {
-    got: Fingerprint,
-    want: Fingerprint,
+pub(crate) struct Mismatch {
+    pub(crate) got: Fingerprint,
+    pub(crate) want: Fingerprint,
 }
 
 impl fmt::Display for Mismatch {

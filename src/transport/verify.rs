@@ -11,6 +11,7 @@
 //! It also owns turning a refusal into words a user can act on. It does not load
 //! files or build connectors (`transport::tls` does).
 
+use super::selfsigned::Mismatch;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -197,11 +198,35 @@ pub fn explain_certificate(e: &CertificateError, trust: &Trust) -> String {
             when(*time)
         ),
         CertificateError::NotValidYet => "the server's certificate is not valid yet; check both machines' clocks".to_string(),
-        CertificateError::Other(o) if is_ca_as_end_entity(o) => "the server presents a CA certificate as its own; give the server a certificate for its name signed by that CA, or trust exactly this certificate by passing it itself with --tls-ca FILE".to_string(),
+        CertificateError::Other(o) => explain_other(o),
         CertificateError::BadSignature => "the server's certificate has a bad signature".to_string(),
         CertificateError::BadEncoding => "the server's certificate cannot be parsed".to_string(),
         other => format!("the server's certificate was refused ({other})"),
     }
+}
+
+/// The refusals rustls carries as `Other`: ours (a pinned fingerprint that does not
+/// match) and webpki's, in words; never the debug form of the error.
+fn explain_other(o: &rustls::OtherError) -> String {
+    if let Some(m) = o.0.downcast_ref::<Mismatch>() {
+        return explain_mismatch(m);
+    }
+    if is_ca_as_end_entity(o) {
+        return "the server presents a CA certificate as its own; give the server a certificate for its name signed by that CA, or trust exactly this certificate by passing it itself with --tls-ca FILE".to_string();
+    }
+    format!("the server's certificate was refused: {o}")
+}
+
+/// SPEC: a pinned fingerprint that does not match "exits 1 naming both fingerprints";
+/// the user's next step is to compare with the line piped printed at its start.
+fn explain_mismatch(m: &Mismatch) -> String {
+    format!(
+        "the server's certificate is {got}, but --tls-fingerprint pins {want}: pass the \
+         fingerprint piped printed at start (its \"tls fingerprint sha256:...\" line); if \
+         piped still prints {want}, something else is answering at this address",
+        got = m.got,
+        want = m.want
+    )
 }
 
 /// A name as webpki presents it (`DnsName("localhost")`, `IpAddress(127.0.0.1)`),
@@ -273,7 +298,23 @@ mod tests {
             ca.starts_with("the server presents a CA certificate as its own"),
             "{ca}"
         );
-        for e in [unknown, ca] {
+        let got = crate::transport::selfsigned::Fingerprint([0xab; 32]);
+        let want = crate::transport::selfsigned::Fingerprint([0x01; 32]);
+        let pinned = CertificateError::Other(rustls::OtherError(Arc::new(Mismatch { got, want })));
+        let pinned = explain_certificate(&pinned, &Trust::SystemRoots);
+        assert_eq!(
+            pinned,
+            format!(
+                "the server's certificate is sha256:{}, but --tls-fingerprint pins sha256:{}: \
+                 pass the fingerprint piped printed at start (its \"tls fingerprint \
+                 sha256:...\" line); if piped still prints sha256:{}, something else is \
+                 answering at this address",
+                "ab".repeat(32),
+                "01".repeat(32),
+                "01".repeat(32)
+            )
+        );
+        for e in [unknown, ca, pinned] {
             assert!(!e.contains("Other") && !e.contains("Error"), "{e}");
         }
     }

@@ -284,17 +284,41 @@ async fn a_visitor_of_a_down_local_service_gets_a_502_page_saying_so() {
         l.local_addr().unwrap().port()
     };
     let server = caddy.piped(&[]);
-    let c = pipec_http(
+    let fwd = format!("http:127.0.0.1:{down}:downapp");
+    let mut c = Pipec::spawn(
         server.addr,
-        &["--forward", &format!("http:127.0.0.1:{down}:downapp")],
+        &["--inspect", "127.0.0.1:0", "--forward", &fwd],
     );
+    let line = c.proc.wait_line("inspect on http://", WAIT);
+    let inspect: std::net::SocketAddr = line["inspect on http://".len()..].parse().unwrap();
+    c.proc.wait_line("forwarding https://", WAIT);
     let (code, body) = caddy
-        .fetch_status(&format!("downapp.{DOMAIN}"), "/")
+        .fetch_status(&format!("downapp.{DOMAIN}"), "/down?x=1")
         .await
         .expect("an HTTP answer");
     let body = String::from_utf8_lossy(&body);
     assert_eq!(code, 502, "{body}");
     assert!(body.contains("tunnel is up"), "{body}");
+    // The inspector shows the 502 as the exchange the visitor had.
+    let list = crate::common::http::http(inspect, "GET", "/api/requests", None)
+        .await
+        .json();
+    let list = list.as_array().expect("a list");
+    assert_eq!(list.len(), 1, "{list:?}");
+    let e = &list[0];
+    assert_eq!(
+        (&e["url"], &e["status"]),
+        (&json!("/down?x=1"), &json!(502))
+    );
+    assert_eq!(e["tunnel"], fwd);
+    assert!(
+        e["visitor"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("127.0.0.1:")),
+        "the visitor Caddy named: {e}"
+    );
+    assert!(e["done_ms"].is_u64(), "complete: {e}");
+    assert_eq!(e["response_body"]["len"].as_u64(), Some(body.len() as u64));
     let want = format!("127.0.0.1:{down} refused the connection: is the service running?");
     eventually(WAIT, "the client's warning", || {
         c.proc.stderr().contains(&want)

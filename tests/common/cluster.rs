@@ -13,6 +13,12 @@ pub fn node_ip(net: u8, host: u8) -> IpAddr {
 }
 
 pub const TOKEN: &str = "cluster-test-token-0123456789abcdef";
+/// What the nodes prove to each other; clients never hold it.
+pub const SECRET: &str = "cluster-test-secret-fedcba9876543210";
+/// The lease the test nodes run under unless a test gives its own: short, so that a
+/// directory that starts empty (every test's Redis) holds new claims only briefly,
+/// and a lease runs out within a test's patience.
+pub const TEST_LEASE: &str = "4s";
 
 /// One `piped` of the cluster.
 pub struct Node {
@@ -51,6 +57,12 @@ impl Node {
         ];
         if !extra.contains(&"--token") {
             args.extend([s("--token"), s(TOKEN)]);
+        }
+        if !extra.contains(&"--cluster-secret") {
+            args.extend([s("--cluster-secret"), s(SECRET)]);
+        }
+        if !extra.contains(&"--cluster-lease") {
+            args.extend([s("--cluster-lease"), s(TEST_LEASE)]);
         }
         args.extend(extra.iter().map(|a| a.to_string()));
         let mut piped = Piped::start_args(args);

@@ -1,4 +1,5 @@
-//! A raw HTTP/1.1 client for tests of the admin server (one request per connection).
+//! A raw HTTP/1.1 client for tests of the admin server and the inspector (one request
+//! per connection).
 
 use super::WAIT;
 use serde_json::Value;
@@ -22,16 +23,22 @@ impl Resp {
 
 /// One request on a fresh connection (`Connection: close`), bounded by `WAIT`.
 pub async fn http(admin: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Resp {
-    let mut s = tokio::time::timeout(WAIT, TcpStream::connect(admin))
-        .await
-        .expect("connect to the admin timed out")
-        .expect("connect to the admin");
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n{auth}Content-Length: 0\r\n\r\n"
     );
+    raw(admin, &req).await
+}
+
+/// Sends `req` (a whole request, head and body, as written) on a fresh connection and
+/// reads the answer to the close, bounded by `WAIT`.
+pub async fn raw(admin: SocketAddr, req: &str) -> Resp {
+    let mut s = tokio::time::timeout(WAIT, TcpStream::connect(admin))
+        .await
+        .expect("connect to the admin timed out")
+        .expect("connect to the admin");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(WAIT, s.read_to_end(&mut raw))

@@ -6,12 +6,15 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod flood;
 pub mod http;
 pub mod httpsvc;
 pub mod login;
 pub mod nginx;
+pub mod oidc;
 pub mod proxy;
 pub mod redis;
+pub mod users;
 pub mod webdriver;
 
 use std::io::{BufRead, BufReader};
@@ -151,6 +154,27 @@ impl Proc {
 
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until stderr holds `needle`; returns stderr so far.
+    pub fn wait_stderr(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let err = self.stderr();
+            if err.contains(needle) {
+                return err;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} on stderr within {within:?}:\n{err}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Has the process exited (without waiting)?
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     pub fn pid(&self) -> i32 {

@@ -14,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 pub enum Mode {
     Pass = 0,
     Blackhole = 1,
+    /// New connections are reset at once (the target looks down); with
+    /// [`Proxy::reset_all`], a stopped proxy.
+    Refuse = 2,
 }
 
 pub struct Proxy {
@@ -29,6 +32,8 @@ pub struct Proxy {
     pub connections: Arc<AtomicU64>,
     /// Connections numbered up to this one are blackholed (0: none).
     blackhole_upto: Arc<AtomicU64>,
+    /// Cancelled to reset one connection (numbered from 1, in the order accepted).
+    kills: Arc<Mutex<std::collections::HashMap<u64, CancellationToken>>>,
 }
 
 impl Proxy {
@@ -49,7 +54,9 @@ impl Proxy {
             reset: Arc::new(Mutex::new(CancellationToken::new())),
             connections: Arc::default(),
             blackhole_upto: Arc::default(),
+            kills: Arc::default(),
         };
+        let kills = p.kills.clone();
         let upto = p.blackhole_upto.clone();
         let (mode, delay, up, down, reset, conns) = (
             p.mode.clone(),
@@ -62,10 +69,17 @@ impl Proxy {
         tokio::spawn(async move {
             while let Ok((client, _)) = l.accept().await {
                 let n = conns.fetch_add(1, Ordering::SeqCst) + 1;
+                if mode.load(Ordering::SeqCst) == Mode::Refuse as u8 {
+                    let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+                    drop(client);
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(target).await else {
                     continue;
                 };
-                let token = reset.lock().unwrap().clone();
+                let token = reset.lock().unwrap().child_token();
+                let kill = CancellationToken::new();
+                kills.lock().unwrap().insert(n, kill.clone());
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
                 let hole = Blackhole {
@@ -79,9 +93,16 @@ impl Proxy {
                     hole.clone(),
                     delay.clone(),
                     up.clone(),
-                    token.clone(),
+                    (token.clone(), kill.clone()),
                 ));
-                tokio::spawn(pump(sr, cw, hole, delay.clone(), down.clone(), token));
+                tokio::spawn(pump(
+                    sr,
+                    cw,
+                    hole,
+                    delay.clone(),
+                    down.clone(),
+                    (token, kill),
+                ));
             }
         });
         p
@@ -99,6 +120,14 @@ impl Proxy {
     pub fn blackhole_current(&self) {
         self.blackhole_upto
             .store(self.connections.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
+    /// Resets connection `n` (numbered from 1 in the order accepted) on both sides:
+    /// RST, as when a path drops it.
+    pub fn reset_conn(&self, n: u64) {
+        if let Some(k) = self.kills.lock().unwrap().get(&n) {
+            k.cancel();
+        }
     }
 
     /// Drops every current connection.
@@ -137,12 +166,16 @@ async fn pump(
     hole: Blackhole,
     delay: Arc<AtomicU64>,
     record: Arc<Mutex<Vec<u8>>>,
-    reset: CancellationToken,
+    (reset, kill): (CancellationToken, CancellationToken),
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = tokio::select! {
             _ = reset.cancelled() => return,
+            _ = kill.cancelled() => {
+                let _ = socket2::SockRef::from(w.as_ref()).set_linger(Some(Duration::ZERO));
+                return;
+            }
             r = r.read(&mut buf) => match r { Ok(0) | Err(_) => break, Ok(n) => n },
         };
         if hole.on() {
@@ -159,5 +192,10 @@ async fn pump(
         }
     }
     let _ = w.shutdown().await;
-    reset.cancelled().await;
+    tokio::select! {
+        _ = reset.cancelled() => {}
+        _ = kill.cancelled() => {
+            let _ = socket2::SockRef::from(w.as_ref()).set_linger(Some(Duration::ZERO));
+        }
+    }
 }

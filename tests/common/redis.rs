@@ -24,9 +24,20 @@ fn free_port() -> u16 {
 
 /// `redis-server` on `port`; `Err` with its output when it did not become ready.
 fn spawn(dir: &std::path::Path, port: u16) -> Result<Child, String> {
+    spawn_with(dir, port, &[], "Ready to accept connections")
+}
+
+/// `redis-server` on `port` with `extra` arguments, ready once its log says `ready`.
+fn spawn_with(
+    dir: &std::path::Path,
+    port: u16,
+    extra: &[String],
+    ready: &str,
+) -> Result<Child, String> {
     let mut child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        .args(extra)
         .arg("--dir")
         .arg(dir)
         .stdin(Stdio::null())
@@ -46,7 +57,7 @@ fn spawn(dir: &std::path::Path, port: u16) -> Result<Child, String> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left.min(Duration::from_millis(200))) {
-            Ok(line) if line.contains("Ready to accept connections") => return Ok(child),
+            Ok(line) if line.contains(ready) => return Ok(child),
             Ok(line) => {
                 log.push_str(&line);
                 log.push('\n');
@@ -121,6 +132,117 @@ impl Redis {
         self.stop();
         let child = spawn(self.dir.path(), self.port).unwrap_or_else(|e| panic!("{e}"));
         self.child = Some(child);
+    }
+}
+
+impl Redis {
+    /// A replica of `primary`, ready once its first sync is done.
+    pub fn replica_of(primary: &Redis) -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let extra = vec![
+            "--replicaof".to_string(),
+            "127.0.0.1".to_string(),
+            primary.port.to_string(),
+        ];
+        let mut why = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            match spawn_with(dir.path(), port, &extra, "sync: Finished with success") {
+                Ok(child) => {
+                    return Redis {
+                        child: Some(child),
+                        dir,
+                        port,
+                    }
+                }
+                Err(e) => why = e,
+            }
+        }
+        panic!("redis replica did not start in {START_ATTEMPTS} attempts; last:\n{why}");
+    }
+
+    /// `kill -9`: the server dies as a crashed primary would.
+    pub fn kill(&mut self) {
+        self.stop();
+    }
+}
+
+/// A real `redis-sentinel` watching one primary under a master name, with a short
+/// down-after so a failover takes a couple of seconds. Killed on drop.
+pub struct Sentinel {
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Sentinel {
+    /// A Sentinel for `primary` named `master`; `quorum` Sentinels must agree it is down.
+    pub fn start(primary: &Redis, master: &str, quorum: u8) -> Sentinel {
+        let dir = tempfile::tempdir().unwrap();
+        let mut why = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let conf = dir.path().join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
+                     sentinel monitor {master} 127.0.0.1 {} {quorum}\n\
+                     sentinel down-after-milliseconds {master} 500\n\
+                     sentinel failover-timeout {master} 3000\n\
+                     sentinel parallel-syncs {master} 1\n",
+                    dir.path().display(),
+                    primary.port
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new("redis-sentinel")
+                .arg(&conf)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-sentinel is installed (apt-get install redis-sentinel)");
+            let out = child.stdout.take().unwrap();
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(line) if line.contains("+monitor master") => {
+                        return Sentinel {
+                            child: Some(child),
+                            _dir: dir,
+                            port,
+                        }
+                    }
+                    Ok(line) => {
+                        why.push_str(&line);
+                        why.push('\n');
+                    }
+                    Err(_) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        panic!("redis-sentinel did not start in {START_ATTEMPTS} attempts:\n{why}");
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 

@@ -538,6 +538,7 @@ fn check_cluster_compose(path: &Path) {
         let mut args = PipedArgs::try_parse_from(std::iter::once("piped".to_string()).chain(cmd))
             .unwrap_or_else(|e| panic!("{n}: {e}"));
         args.token = Some(TOKEN.into()); // as PIPE_TOKEN from the env file
+        args.cluster_secret = Some("cluster-secret".into()); // PIPE_CLUSTER_SECRET likewise
         args.admin_token = Some("admin".into());
         let cfg = ServerConfig::from_args(args).unwrap_or_else(|e| panic!("{n}: {e}"));
         let cluster = cfg

@@ -85,6 +85,22 @@ fn gen_docs_writes_completions_and_man_pages() {
             );
         }
     }
+    // pipec's page lists every forward option with an example, as --help does.
+    let pipec = file("man/pipec.1");
+    assert!(
+        pipec.contains(".SH \"FORWARD OPTIONS\""),
+        "pipec.1 lacks FORWARD OPTIONS"
+    );
+    assert!(
+        pipec.contains("see FORWARD OPTIONS"),
+        "--forward does not point to it"
+    );
+    for (opt, _, example) in pipe::config::cli::FORWARD_OPTIONS {
+        for text in [opt, example] {
+            let roff = text.replace('-', "\\-");
+            assert!(pipec.contains(&roff), "pipec.1 lacks {text}");
+        }
+    }
     let relay = file("man/pipec-relay.1");
     assert!(
         relay.contains(".TH pipec-relay 1") && relay.contains("LISTEN") && relay.contains("TARGET")

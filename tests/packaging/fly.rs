@@ -184,6 +184,7 @@ fn node_starts_from_env_alone(env: &toml::Table) {
         .env("PIPE_UDP_BIND_ADDR", "127.0.0.1")
         .env("PIPE_CLUSTER", format!("redis://127.0.0.1:{dead}/"))
         .env("PIPE_TOKEN", TOKEN)
+        .env("PIPE_CLUSTER_SECRET", "cluster-secret")
         .env("PIPE_ADMIN_TOKEN", "adm")
         .env("FLY_MACHINE_ID", "148e272f0e1d89");
     let out = run(&mut piped);

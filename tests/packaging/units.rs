@@ -192,7 +192,7 @@ pub(crate) fn check_cluster_dropin(path: &Path) {
         .collect();
     for (k, _) in &env {
         assert!(
-            !k.contains("TOKEN") && k != "PIPE_CLUSTER",
+            !k.contains("TOKEN") && !k.starts_with("PIPE_CLUSTER"),
             "{k}: secrets belong in /etc/pipe/piped.env"
         );
     }
@@ -218,6 +218,7 @@ pub(crate) fn check_cluster_dropin(path: &Path) {
     ])
     .unwrap();
     args.token = Some("cluster-token".into());
+    args.cluster_secret = Some("cluster-secret".into()); // as PIPE_CLUSTER_SECRET
     let cfg = pipe::config::ServerConfig::from_args(args).unwrap_or_else(|e| panic!("{e}"));
     let cluster = cfg.cluster.expect("a cluster node");
     assert_eq!(cluster.node, node);

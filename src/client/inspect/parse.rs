@@ -1,8 +1,11 @@
 //! A passive HTTP/1.1 message framer for one direction of a connection: heads are
 //! parsed by `httparse`, bodies framed by Content-Length or chunked encoding, and the
 //! bytes are only looked at, never changed or held back. Anything it cannot follow
-//! (a head over the cap, a parse error, an upgrade) turns it into a pass-through that
-//! ignores the rest of the connection.
+//! (a head over the cap, a parse error, an upgrade, a head the shared budget has no
+//! room for) turns it into a pass-through that ignores the rest of the connection.
+
+use super::budget::{Budget, Grant};
+use std::sync::Arc;
 
 /// Largest message head followed; a longer one ends inspection of the connection.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -21,6 +24,10 @@ pub struct Head {
     pub status: u16,
     pub reason: String,
     pub headers: Vec<(String, String)>,
+    /// Bytes the head took on the wire, blank line included.
+    pub len: usize,
+    /// Requests: the head as it was sent, byte for byte (replay sends it again).
+    pub raw: Vec<u8>,
 }
 
 impl Head {
@@ -99,16 +106,22 @@ enum State {
 pub struct Side {
     request: bool,
     state: State,
-    /// A partial head or chunk line.
+    /// A partial head or chunk line; its capacity is held from the budget.
     buf: Vec<u8>,
+    grant: Grant,
+    /// Passed through because the budget had no room.
+    starved: bool,
 }
 
 impl Side {
-    pub fn new(request: bool) -> Side {
+    /// A framer whose buffer grows only as far as `budget` allows.
+    pub fn new(request: bool, budget: Arc<Budget>) -> Side {
         Side {
             request,
             state: State::Head,
             buf: Vec::new(),
+            grant: Grant::new(budget),
+            starved: false,
         }
     }
 
@@ -116,10 +129,40 @@ impl Side {
         self.state == State::Passthrough
     }
 
+    /// True once the budget had no room for this direction's next head.
+    pub fn starved(&self) -> bool {
+        self.starved
+    }
+
     /// Stops following this direction.
     pub fn pass_through(&mut self) {
         self.state = State::Passthrough;
+        self.empty();
+    }
+
+    /// Frees the buffer and gives its memory back.
+    fn empty(&mut self) {
         self.buf = Vec::new();
+        self.grant.release();
+    }
+
+    /// Makes room for `n` more buffered bytes, from the budget; false (and a
+    /// pass-through) when it has none.
+    fn room_for(&mut self, n: usize) -> bool {
+        let want = self.buf.len() + n;
+        if want <= self.buf.capacity() {
+            return true;
+        }
+        if !self.grant.grow_to(want) {
+            self.starved = true;
+            self.pass_through();
+            return false;
+        }
+        self.buf.reserve_exact(n);
+        // Should the allocator round up, hold what it gave when there is room (the
+        // rounding is too small to refuse a head over).
+        let _ = self.grant.grow_to(self.buf.capacity());
+        true
     }
 
     /// Feeds bytes that went by; `on` hears the events and, for each head, says how
@@ -161,11 +204,14 @@ impl Side {
     fn head<'a>(&mut self, data: &'a [u8], on: &mut dyn FnMut(Ev<'_>) -> Framing) -> &'a [u8] {
         let start = self.buf.len();
         let take = data.len().min(MAX_HEAD - start);
+        if !self.room_for(take) {
+            return &[];
+        }
         self.buf.extend_from_slice(&data[..take]);
         match parse_head(&self.buf, self.request) {
             Ok(Some((head, n))) => {
                 let after = &data[n.saturating_sub(start).min(data.len())..];
-                self.buf.clear();
+                self.empty();
                 self.state = match on(Ev::Head(head)) {
                     Framing::Length(0) => {
                         on(Ev::End);
@@ -195,6 +241,9 @@ impl Side {
             self.pass_through();
             return None;
         }
+        if !self.room_for(take) {
+            return None;
+        }
         self.buf.extend_from_slice(&data[..take]);
         end.map(|_| &data[take..])
     }
@@ -215,7 +264,7 @@ impl Side {
             State::Trailer => State::Trailer,
             _ => State::Passthrough,
         };
-        self.buf.clear();
+        self.empty();
     }
 }
 
@@ -240,6 +289,8 @@ fn parse_head(buf: &[u8], request: bool) -> Result<Option<(Head, usize)>, ()> {
                     method: r.method.unwrap_or_default().to_string(),
                     target: r.path.unwrap_or_default().to_string(),
                     headers: owned(r.headers),
+                    len: n,
+                    raw: buf[..n].to_vec(),
                     ..Default::default()
                 },
                 n,
@@ -255,6 +306,7 @@ fn parse_head(buf: &[u8], request: bool) -> Result<Option<(Head, usize)>, ()> {
                     status: r.code.unwrap_or_default(),
                     reason: r.reason.unwrap_or_default().to_string(),
                     headers: owned(r.headers),
+                    len: n,
                     ..Default::default()
                 },
                 n,
@@ -269,9 +321,45 @@ fn parse_head(buf: &[u8], request: bool) -> Result<Option<(Head, usize)>, ()> {
 mod tests {
     use super::*;
 
+    fn unlimited() -> Arc<Budget> {
+        Budget::new(usize::MAX)
+    }
+
+    #[test]
+    fn heads_hold_the_budget_only_while_unfinished_and_pass_through_past_it() {
+        let budget = Budget::new(1000);
+        let mut a = Side::new(true, budget.clone());
+        let mut b = Side::new(true, budget.clone());
+        let mut heads = 0;
+        let mut on = |ev: Ev<'_>| {
+            if let Ev::Head(h) = ev {
+                heads += 1;
+                return h.framing(true);
+            }
+            Framing::Passthrough
+        };
+        a.feed(&[b'a'; 600], &mut on);
+        assert_eq!(budget.held(), 600);
+        b.feed(b"GET / HTTP/1.1\r\n", &mut on);
+        b.feed(&[b'x'; 500], &mut on);
+        assert!(b.is_passthrough() && b.starved(), "no room: passed through");
+        assert_eq!(budget.held(), 600, "what b held went back");
+        drop(a);
+        assert_eq!(budget.held(), 0);
+        let mut c = Side::new(true, budget.clone());
+        c.feed(
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\n",
+            &mut on,
+        );
+        c.feed(b"\r\n", &mut on);
+        assert_eq!(heads, 2);
+        assert_eq!(budget.held(), 0, "complete heads hold nothing");
+        assert!(!c.starved());
+    }
+
     /// Feeds `data` in pieces of `step` bytes; returns the events as text.
     fn run(request: bool, data: &[u8], step: usize) -> Vec<String> {
-        let mut side = Side::new(request);
+        let mut side = Side::new(request, unlimited());
         let mut out = Vec::new();
         let mut body = Vec::new();
         for piece in data.chunks(step) {
@@ -320,7 +408,7 @@ GET /d HTTP/1.1\r\n\r\n";
         let r = run(false, b"HTTP/1.1 200 OK\r\n\r\nstream of bytes", 4);
         assert_eq!(r, vec!["head   200"]);
         assert!(run(true, b"\x16\x03\x01\x02\x00 tls hello", 5).is_empty());
-        let mut side = Side::new(true);
+        let mut side = Side::new(true, unlimited());
         side.feed(&vec![b'a'; MAX_HEAD + 10], &mut |_| Framing::Passthrough);
         assert!(side.is_passthrough(), "a head over the cap is not buffered");
         let bad_len = run(

@@ -1,31 +1,34 @@
 //! The inspector's HTTP server: the page (`GET /`), the JSON API
-//! (`GET /api/requests`, `GET /api/requests/{id}`) and replay
+//! (`GET /api/requests` with its filters, `GET /api/requests/{id}` with the bodies and
+//! a curl command, `GET /api/stats`), clearing (`DELETE /api/requests`) and replay
 //! (`POST /api/requests/{id}/replay`, optionally with an edited request).
+//!
+//! Like the admin it answers only a `Host` naming itself and refuses cross-site
+//! state changes (`admin::guard`), and caps and times out its connections
+//! (`admin::conns`).
 
-use super::store::{Exchange, Recorder, Store};
-use super::tap::Tap;
+use super::filter::{Filter, Params};
+use super::recorder::Recorder;
+use super::replay::{self, Edit};
+use super::store::{Exchange, Source, Store};
+use crate::admin::{conns, guard};
 use crate::auth::Token;
 use crate::config::ForwardSpec;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::error;
 
 /// A replayed request must be answered (to the end) within this time.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bytes of a replayed answer read at a time (they are kept only up to the body cap).
-const REPLAY_READ: usize = 64 * 1024;
-/// Largest edited body accepted for a replay.
-const MAX_REPLAY_BODY: usize = 1 << 20;
 
 const PAGE: &str = include_str!("page.html");
 
@@ -37,33 +40,35 @@ struct Inspector {
 
 type Shared = Extension<Arc<Inspector>>;
 
-/// Serves the inspector on `listener` until `shutdown`.
+/// Serves the inspector on `listener` until `shutdown`; `hosts` are the names it
+/// answers besides its own address, localhost and loopback literals.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<Store>,
     token: Option<Token>,
+    hosts: Vec<String>,
     routes: Vec<ForwardSpec>,
     shutdown: CancellationToken,
 ) {
     let api = Router::new()
-        .route("/api/requests", get(list))
+        .route("/api/requests", get(list).delete(clear))
         .route("/api/requests/{id}", get(detail))
         .route("/api/requests/{id}/replay", post(replay))
+        .route("/api/stats", get(stats))
         .route_layer(middleware::from_fn(require_token));
     let app = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
         .merge(api)
+        .layer(middleware::from_fn_with_state(
+            guard::Guard::new(&hosts),
+            guard::check,
+        ))
         .layer(Extension(Arc::new(Inspector {
             store,
             routes,
             token,
         })));
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
-    if let Err(e) = served {
-        error!(error = %e, "inspector server failed");
-    }
+    conns::serve(listener, app, "inspector", shutdown).await;
 }
 
 /// With a token set, the API answers only a request bearing it (the page is public:
@@ -89,34 +94,64 @@ async fn require_token(Extension(i): Shared, req: Request, next: Next) -> Respon
     }
 }
 
-#[derive(Deserialize)]
-struct Filter {
-    /// `404`, or a class as `4xx`.
-    status: Option<String>,
-    /// A substring of the URL.
-    path: Option<String>,
+/// `GET /api/requests`: the exchanges, newest first, without bodies; `status`,
+/// `path` and `q` narrow the list (see `filter`).
+async fn list(Extension(i): Shared, query: Result<Query<Params>, QueryRejection>) -> Response {
+    let params = match query {
+        Ok(Query(p)) => p,
+        Err(e) => {
+            return bad_request(format!(
+                "{} (the list takes status, path and q)",
+                e.body_text()
+            ))
+        }
+    };
+    let filter = match Filter::new(params) {
+        Ok(f) => f,
+        Err(e) => return bad_request(e),
+    };
+    let mut scratch = Vec::new();
+    Json(i.store.select(|e| filter.keeps(e, &mut scratch))).into_response()
 }
 
-fn status_matches(want: &str, got: Option<u16>) -> bool {
-    let Some(code) = got else { return false };
-    match want.strip_suffix("xx") {
-        Some(class) => class.parse::<u16>().is_ok_and(|c| code / 100 == c),
-        None => want.parse::<u16>().is_ok_and(|w| w == code),
-    }
+fn bad_request(why: impl Into<String>) -> Response {
+    (StatusCode::BAD_REQUEST, why.into()).into_response()
 }
 
-/// The exchanges, newest first, without bodies.
-async fn list(Extension(i): Shared, Query(f): Query<Filter>) -> Json<Vec<Exchange>> {
-    let mut all = i.store.all();
-    all.retain(|e| {
-        f.status
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .is_none_or(|s| status_matches(s, e.status))
-            && f.path.as_deref().is_none_or(|p| e.url.contains(p))
-    });
-    all.reverse();
-    Json(all)
+/// `DELETE /api/requests`: forgets every exchange.
+async fn clear(Extension(i): Shared) -> Json<Cleared> {
+    Json(Cleared {
+        cleared: i.store.clear(),
+    })
+}
+
+#[derive(Serialize)]
+struct Cleared {
+    /// Exchanges forgotten.
+    cleared: usize,
+}
+
+/// `GET /api/stats`: what the inspector holds, and what it let through unread.
+#[derive(Serialize)]
+struct Stats {
+    /// Exchanges kept.
+    kept: usize,
+    /// Connections passed through uninspected because unfinished heads had used up
+    /// `head_budget`.
+    skipped_connections: u64,
+    /// Bytes of unfinished heads held now, and at most.
+    head_bytes: usize,
+    head_budget: usize,
+}
+
+async fn stats(Extension(i): Shared) -> Json<Stats> {
+    let budget = i.store.head_budget();
+    Json(Stats {
+        kept: i.store.len(),
+        skipped_connections: budget.skipped(),
+        head_bytes: budget.held(),
+        head_budget: budget.limit(),
+    })
 }
 
 #[derive(Serialize)]
@@ -126,6 +161,9 @@ struct Detail {
     /// The kept bodies, hex-encoded (the page shows them as text, JSON or hex).
     request_body_hex: String,
     response_body_hex: String,
+    /// The request as a curl command to the local service, or why there is none.
+    curl: Option<String>,
+    curl_error: Option<String>,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -141,24 +179,32 @@ fn not_found() -> Response {
 }
 
 async fn detail(Extension(i): Shared, Path(id): Path<u64>) -> Response {
-    match i.store.get(id) {
-        Some(e) => Json(Detail {
-            request_body_hex: hex(&e.request_body.bytes),
-            response_body_hex: hex(&e.response_body.bytes),
-            exchange: e,
-        })
-        .into_response(),
-        None => not_found(),
-    }
-}
-
-/// An edited request; what is left out is taken from the original.
-#[derive(Deserialize, Default)]
-struct Edit {
-    method: Option<String>,
-    url: Option<String>,
-    headers: Option<Vec<(String, String)>>,
-    body: Option<String>,
+    let Some(e) = i.store.get(id) else {
+        return not_found();
+    };
+    let curl = match i.routes.get(e.forward as usize) {
+        Some(route) => super::curl::command(
+            &format!("http://{}", route.local()),
+            &e.method,
+            &e.url,
+            &e.request_headers,
+            &e.request_body,
+        )
+        .map_err(str::to_string),
+        None => Err("the forward is not known".to_string()),
+    };
+    let (curl, curl_error) = match curl {
+        Ok(c) => (Some(c), None),
+        Err(e) => (None, Some(e)),
+    };
+    Json(Detail {
+        request_body_hex: hex(&e.request_body.bytes),
+        response_body_hex: hex(&e.response_body.bytes),
+        curl,
+        curl_error,
+        exchange: e,
+    })
+    .into_response()
 }
 
 #[derive(Serialize)]
@@ -174,106 +220,25 @@ async fn replay(Extension(i): Shared, Path(id): Path<u64>, edit: Option<Json<Edi
         return not_found();
     };
     let edit = edit.map(|Json(e)| e).unwrap_or_default();
-    let request = match build_request(&orig, edit) {
+    let request = match replay::build_request(&orig, edit) {
         Ok(r) => r,
         Err(e) => return (StatusCode::CONFLICT, e).into_response(),
     };
-    let recorder = Recorder::new(i.store.clone(), orig.forward, Some(id));
-    match tokio::time::timeout(REPLAY_TIMEOUT, send(route, recorder, &request)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return (StatusCode::BAD_GATEWAY, e).into_response(),
-        Err(_) => {
-            return (
-                StatusCode::GATEWAY_TIMEOUT,
-                "the local service did not answer in time",
-            )
-                .into_response()
-        }
-    }
-    let new = i
-        .store
-        .all()
-        .iter()
-        .rev()
-        .find(|e| e.replay_of == Some(id))
-        .map(|e| e.id);
-    match new {
-        Some(id) => Json(Replayed { id }).into_response(),
-        None => (StatusCode::BAD_GATEWAY, "the answer was not HTTP").into_response(),
-    }
-}
-
-/// The request bytes to send again: the original's head and body, with the edits, a
-/// Content-Length for the body and `Connection: close`.
-fn build_request(orig: &Exchange, edit: Edit) -> Result<Vec<u8>, String> {
-    let body = match edit.body {
-        Some(b) if b.len() > MAX_REPLAY_BODY => {
-            return Err(format!("an edited body is at most {MAX_REPLAY_BODY} bytes"))
-        }
-        Some(b) => b.into_bytes(),
-        None if orig.request_body.truncated => {
-            return Err("the request body was cut at the inspector's cap: edit it to replay".into())
-        }
-        None => orig.request_body.bytes.clone(),
+    let source = Source {
+        forward: orig.forward,
+        tunnel: orig.tunnel.as_str().into(),
+        visitor: None,
+        replay_of: Some(id),
     };
-    let method = edit.method.unwrap_or_else(|| orig.method.clone());
-    let url = edit.url.unwrap_or_else(|| orig.url.clone());
-    let headers = edit.headers.unwrap_or_else(|| orig.request_headers.clone());
-    let bad = |s: &str| s.bytes().any(|b| b == b'\r' || b == b'\n');
-    if bad(&method) || bad(&url) || method.contains(' ') || url.contains(' ') {
-        return Err("method and URL must be single words".into());
-    }
-    let mut out = format!("{method} {url} HTTP/1.1\r\n").into_bytes();
-    for (name, value) in &headers {
-        let skip = ["content-length", "transfer-encoding", "connection"];
-        if skip.iter().any(|s| name.eq_ignore_ascii_case(s)) {
-            continue;
-        }
-        if bad(name) || bad(value) {
-            return Err("header names and values must be single lines".into());
-        }
-        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-    }
-    if !body.is_empty() {
-        out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
-    }
-    out.extend_from_slice(b"Connection: close\r\n\r\n");
-    out.extend_from_slice(&body);
-    Ok(out)
-}
-
-/// Sends `request` to the forward's local service through a recording tap and reads
-/// the answer to its end (the service may keep the connection open regardless of
-/// `Connection: close`: the recorder says when the answer is complete).
-async fn send(route: &ForwardSpec, recorder: Recorder, request: &[u8]) -> Result<(), String> {
-    let sock = crate::transport::tcp::dial(&route.local_host, route.local_port)
-        .await
-        .map_err(|e| format!("cannot reach {}: {e}", route.local()))?;
-    let mut tap = Tap::new(sock, recorder);
-    tap.write_all(request)
-        .await
-        .map_err(|e| format!("sending the request: {e}"))?;
-    let mut buf = vec![0u8; REPLAY_READ];
-    loop {
-        match tap.read(&mut buf).await {
-            Ok(0) => return Ok(()),
-            Ok(_) if tap.recorder().answered() > 0 => return Ok(()),
-            Ok(_) => {}
-            Err(e) => return Err(format!("reading the answer: {e}")),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_filters_take_codes_and_classes() {
-        assert!(status_matches("404", Some(404)));
-        assert!(status_matches("2xx", Some(204)));
-        assert!(!status_matches("2xx", Some(301)));
-        assert!(!status_matches("200", None));
-        assert!(!status_matches("junk", Some(200)));
+    let recorder = Recorder::new(i.store.clone(), source);
+    match tokio::time::timeout(REPLAY_TIMEOUT, replay::send(route, recorder, &request)).await {
+        Ok(Ok(Some(id))) => Json(Replayed { id }).into_response(),
+        Ok(Ok(None)) => (StatusCode::BAD_GATEWAY, "the answer was not HTTP").into_response(),
+        Ok(Err(e)) => (StatusCode::BAD_GATEWAY, e).into_response(),
+        Err(_) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "the local service did not answer in time",
+        )
+            .into_response(),
     }
 }

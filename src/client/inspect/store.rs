@@ -1,14 +1,16 @@
 //! The inspector's memory: the last `capacity` exchanges (request and response) with
-//! their heads, timings and bodies up to `body_cap` bytes each, and the recorder that
-//! turns the two directions of one connection into exchanges (pipelined requests are
-//! answered in order; `100 Continue` is skipped; a `101` ends inspection).
+//! their heads, timings and bodies up to `body_cap` bytes each, filled by the
+//! `recorder`.
 //!
-//! Memory is bounded: at most `capacity` exchanges, each with two heads of at most
-//! `parse::MAX_HEAD` and two bodies of at most `body_cap`.
+//! Memory is bounded: at most `capacity` exchanges, each with two parsed heads and the
+//! request's raw head (each at most `parse::MAX_HEAD`) and two bodies of at most
+//! `body_cap`; heads still arriving share the store's `budget::Budget`.
 
-use super::parse::{Ev, Framing, Head, Side};
+use super::budget::{Budget, DEFAULT_HEAD_BUDGET};
+use super::parse::Head;
 use serde::Serialize;
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,12 +32,26 @@ pub struct Body {
 }
 
 impl Body {
-    fn push(&mut self, data: &[u8], cap: usize) {
+    pub(super) fn push(&mut self, data: &[u8], cap: usize) {
         self.len += data.len() as u64;
         let room = cap.saturating_sub(self.bytes.len());
         self.bytes.extend_from_slice(&data[..data.len().min(room)]);
         self.truncated = self.len > self.bytes.len() as u64;
     }
+}
+
+/// Where the exchanges of one connection come from.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    /// The forward's index in the client's list.
+    pub forward: u32,
+    /// The forward as the page names it (`ForwardSpec::label`).
+    pub tunnel: Arc<str>,
+    /// The public visitor as the server saw it (behind PROXY protocol or Caddy: the
+    /// real one); `None` for a replay.
+    pub visitor: Option<SocketAddr>,
+    /// The exchange a replay sends again.
+    pub replay_of: Option<u64>,
 }
 
 /// One request and its response.
@@ -44,6 +60,10 @@ pub struct Exchange {
     pub id: u64,
     /// Which forward (its index in the client's list) carried it.
     pub forward: u32,
+    /// That forward's name, or its spec (`http:3000:myapp`).
+    pub tunnel: String,
+    /// The public visitor's address; `None` for a replay.
+    pub visitor: Option<SocketAddr>,
     /// Unix milliseconds when the request head arrived.
     pub started_ms: u64,
     pub method: String,
@@ -55,6 +75,10 @@ pub struct Exchange {
     pub reason: String,
     pub response_headers: Vec<(String, String)>,
     pub response_body: Body,
+    /// Bytes seen of the request and of the response: head plus body (as far as it
+    /// went, kept or not; a chunked body counted without its chunk framing).
+    pub request_bytes: u64,
+    pub response_bytes: u64,
     /// Milliseconds from the request head to the response head, and to its end.
     pub response_ms: Option<u64>,
     pub done_ms: Option<u64>,
@@ -62,8 +86,34 @@ pub struct Exchange {
     pub upgraded: bool,
     /// The exchange this one replayed.
     pub replay_of: Option<u64>,
+    /// The request head as sent, byte for byte.
     #[serde(skip)]
-    began: Option<Instant>,
+    pub request_head: Vec<u8>,
+    #[serde(skip)]
+    pub(super) began: Option<Instant>,
+}
+
+impl Exchange {
+    /// A copy without the bodies' and the raw head's bytes (for lists).
+    fn summary(&self) -> Exchange {
+        let bare = |b: &Body| Body {
+            len: b.len,
+            truncated: b.truncated,
+            bytes: Vec::new(),
+        };
+        Exchange {
+            tunnel: self.tunnel.clone(),
+            method: self.method.clone(),
+            url: self.url.clone(),
+            request_headers: self.request_headers.clone(),
+            request_body: bare(&self.request_body),
+            reason: self.reason.clone(),
+            response_headers: self.response_headers.clone(),
+            response_body: bare(&self.response_body),
+            request_head: Vec::new(),
+            ..*self
+        }
+    }
 }
 
 struct Inner {
@@ -76,10 +126,16 @@ pub struct Store {
     inner: Mutex<Inner>,
     capacity: usize,
     body_cap: usize,
+    pub(super) heads: Arc<Budget>,
 }
 
 impl Store {
     pub fn new(capacity: usize, body_cap: usize) -> Arc<Store> {
+        Store::with_head_budget(capacity, body_cap, DEFAULT_HEAD_BUDGET)
+    }
+
+    /// A store whose unfinished heads may hold at most `head_budget` bytes in all.
+    pub fn with_head_budget(capacity: usize, body_cap: usize, head_budget: usize) -> Arc<Store> {
         Arc::new(Store {
             inner: Mutex::new(Inner {
                 next_id: 1,
@@ -87,7 +143,13 @@ impl Store {
             }),
             capacity: capacity.max(1),
             body_cap,
+            heads: Budget::new(head_budget),
         })
+    }
+
+    /// The memory of unfinished heads, and how many connections went uninspected.
+    pub fn head_budget(&self) -> &Arc<Budget> {
+        &self.heads
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -99,12 +161,61 @@ impl Store {
         self.lock().list.iter().cloned().collect()
     }
 
+    /// Exchanges kept.
+    pub fn len(&self) -> usize {
+        self.lock().list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn get(&self, id: u64) -> Option<Exchange> {
         let inner = self.lock();
         index(&inner, id).map(|i| inner.list[i].clone())
     }
 
-    fn begin(&self, forward: u32, head: Head, replay_of: Option<u64>) -> u64 {
+    /// The kept exchanges `keep` accepts, newest first, as summaries (no body bytes).
+    /// The lock is taken for one exchange at a time, so that a long search never
+    /// holds up the connections being recorded.
+    pub fn select(&self, mut keep: impl FnMut(&Exchange) -> bool) -> Vec<Exchange> {
+        let last = {
+            let inner = self.lock();
+            match inner.list.back() {
+                Some(e) => e.id,
+                None => return Vec::new(),
+            }
+        };
+        let mut out = Vec::new();
+        let mut id = last;
+        loop {
+            {
+                let inner = self.lock();
+                // Older ones went while the lock was free: nothing left to see.
+                let Some(i) = index(&inner, id) else { break };
+                let e = &inner.list[i];
+                if keep(e) {
+                    out.push(e.summary());
+                }
+            }
+            match id.checked_sub(1) {
+                Some(prev) => id = prev,
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Forgets every exchange; returns how many there were. Connections still open
+    /// record their next exchanges as usual.
+    pub fn clear(&self) -> usize {
+        let mut inner = self.lock();
+        let n = inner.list.len();
+        inner.list.clear();
+        n
+    }
+
+    pub(super) fn begin(&self, source: &Source, head: Head) -> u64 {
         let mut inner = self.lock();
         let id = inner.next_id;
         inner.next_id += 1;
@@ -116,12 +227,17 @@ impl Store {
             .map_or(0, |d| d.as_millis() as u64);
         inner.list.push_back(Exchange {
             id,
-            forward,
+            forward: source.forward,
+            tunnel: source.tunnel.to_string(),
+            visitor: source.visitor,
             started_ms,
             method: head.method,
             url: head.target,
             request_headers: head.headers,
             request_body: Body::default(),
+            request_bytes: head.len as u64,
+            response_bytes: 0,
+            request_head: head.raw,
             status: None,
             reason: String::new(),
             response_headers: Vec::new(),
@@ -129,14 +245,14 @@ impl Store {
             response_ms: None,
             done_ms: None,
             upgraded: false,
-            replay_of,
+            replay_of: source.replay_of,
             began: Some(Instant::now()),
         });
         id
     }
 
     /// Runs `f` on exchange `id` if it is still kept.
-    fn with(&self, id: u64, f: impl FnOnce(&mut Exchange, usize)) {
+    pub(super) fn with(&self, id: u64, f: impl FnOnce(&mut Exchange, usize)) {
         let mut inner = self.lock();
         if let Some(i) = index(&inner, id) {
             f(&mut inner.list[i], self.body_cap);
@@ -151,215 +267,29 @@ fn index(inner: &Inner, id: u64) -> Option<usize> {
     (i < inner.list.len()).then_some(i)
 }
 
-fn elapsed_ms(e: &Exchange) -> Option<u64> {
-    e.began.map(|b| b.elapsed().as_millis() as u64)
-}
-
-/// Both directions of one inspected connection.
-pub struct Recorder {
-    store: Arc<Store>,
-    forward: u32,
-    replay_of: Option<u64>,
-    requests: Side,
-    responses: Side,
-    /// Requests sent and not yet answered (pipelining), with "was it HEAD".
-    pending: VecDeque<(u64, bool)>,
-    current_request: Option<u64>,
-    current_response: Option<u64>,
-    /// Responses seen to their end.
-    answered: u64,
-}
-
-impl Recorder {
-    pub fn new(store: Arc<Store>, forward: u32, replay_of: Option<u64>) -> Recorder {
-        Recorder {
-            store,
-            forward,
-            replay_of,
-            requests: Side::new(true),
-            responses: Side::new(false),
-            pending: VecDeque::new(),
-            current_request: None,
-            current_response: None,
-            answered: 0,
-        }
-    }
-
-    /// Responses seen to their end (or to a `101`).
-    pub fn answered(&self) -> u64 {
-        self.answered
-    }
-
-    /// Bytes the visitor sent toward the local service.
-    pub fn to_service(&mut self, data: &[u8]) {
-        if self.requests.is_passthrough() {
-            return;
-        }
-        let Recorder {
-            store,
-            forward,
-            replay_of,
-            requests,
-            pending,
-            current_request,
-            ..
-        } = self;
-        requests.feed(data, &mut |ev| match ev {
-            Ev::Head(head) => {
-                let upgrade = head.is_upgrade_request();
-                let framing = head.framing(true);
-                let is_head = head.method.eq_ignore_ascii_case("HEAD");
-                let id = store.begin(*forward, head, *replay_of);
-                pending.push_back((id, is_head));
-                *current_request = Some(id);
-                // After an upgrade request the bytes are the new protocol's.
-                if upgrade {
-                    Framing::Passthrough
-                } else {
-                    framing
-                }
-            }
-            Ev::Body(b) => {
-                if let Some(id) = *current_request {
-                    store.with(id, |e, cap| e.request_body.push(b, cap));
-                }
-                Framing::Passthrough
-            }
-            Ev::End => {
-                *current_request = None;
-                Framing::Passthrough
-            }
-        });
-    }
-
-    /// Bytes the local service sent back.
-    pub fn from_service(&mut self, data: &[u8]) {
-        if self.responses.is_passthrough() {
-            return;
-        }
-        let Recorder {
-            store,
-            responses,
-            pending,
-            current_response,
-            answered,
-            ..
-        } = self;
-        responses.feed(data, &mut |ev| match ev {
-            Ev::Head(head) => {
-                let informational = (100..200).contains(&head.status) && head.status != 101;
-                if informational {
-                    // 100 Continue and friends: the real answer follows.
-                    return Framing::Length(0);
-                }
-                let Some((id, was_head)) = pending.pop_front() else {
-                    return Framing::Passthrough;
-                };
-                let framing = match head.status {
-                    101 => Framing::Passthrough,
-                    204 | 304 => Framing::Length(0),
-                    _ if was_head => Framing::Length(0),
-                    _ => head.framing(false),
-                };
-                let upgraded = head.status == 101;
-                if upgraded {
-                    *answered += 1;
-                }
-                store.with(id, |e, _| {
-                    e.status = Some(head.status);
-                    e.reason = head.reason;
-                    e.response_headers = head.headers;
-                    e.response_ms = elapsed_ms(e);
-                    e.upgraded = upgraded;
-                    if upgraded {
-                        e.done_ms = e.response_ms;
-                    }
-                });
-                *current_response = Some(id);
-                framing
-            }
-            Ev::Body(b) => {
-                if let Some(id) = *current_response {
-                    store.with(id, |e, cap| e.response_body.push(b, cap));
-                }
-                Framing::Passthrough
-            }
-            Ev::End => {
-                if let Some(id) = current_response.take() {
-                    *answered += 1;
-                    store.with(id, |e, _| e.done_ms = elapsed_ms(e));
-                }
-                Framing::Passthrough
-            }
-        });
-    }
-
-    /// The connection ended: a body read until close is complete now.
-    pub fn closed(&mut self) {
-        if let Some(id) = self.current_response.take() {
-            self.store.with(id, |e, _| {
-                if e.done_ms.is_none() {
-                    e.done_ms = elapsed_ms(e);
-                }
-            });
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::inspect::Recorder;
 
     #[test]
-    fn pipelined_exchanges_pair_up_and_memory_stays_capped() {
-        let store = Store::new(3, 4);
-        let mut r = Recorder::new(store.clone(), 0, None);
-        r.to_service(b"GET /1 HTTP/1.1\r\n\r\nHEAD /2 HTTP/1.1\r\n\r\n");
-        r.to_service(b"POST /3 HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 6\r\n\r\n");
-        r.from_service(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789");
-        r.from_service(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n");
-        r.from_service(b"HTTP/1.1 100 Continue\r\n\r\n");
-        r.to_service(b"abcdef");
-        r.from_service(
-            b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
-        );
-        let all = store.all();
-        let summary: Vec<_> = all
-            .iter()
-            .map(|e| (e.url.as_str(), e.status, e.done_ms.is_some()))
-            .collect();
-        assert_eq!(
-            summary,
-            [
-                ("/1", Some(200), true),
-                ("/2", Some(200), true),
-                ("/3", Some(201), true)
-            ]
-        );
-        assert_eq!(all[0].response_body.bytes, b"0123");
-        assert!(all[0].response_body.truncated && all[0].response_body.len == 10);
-        assert_eq!(all[2].request_body.bytes, b"abcd");
-        assert_eq!(all[2].response_body.bytes, b"ok");
+    fn lists_are_newest_first_without_bytes_and_clear_forgets_all() {
+        let store = Store::new(2, 1024);
+        let mut r = Recorder::new(store.clone(), Source::default());
+        for path in ["/1", "/2", "/3"] {
+            r.to_service(format!("POST {path} HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi").as_bytes());
+        }
+        let listed = store.select(|_| true);
+        let urls: Vec<&str> = listed.iter().map(|e| e.url.as_str()).collect();
+        assert_eq!(urls, ["/3", "/2"], "newest first, the oldest evicted");
+        assert!(listed.iter().all(|e| e.request_body.bytes.is_empty()
+            && e.request_head.is_empty()
+            && e.request_body.len == 2));
+        assert_eq!(store.clear(), 2);
+        assert!(store.is_empty() && store.select(|_| true).is_empty());
         r.to_service(b"GET /4 HTTP/1.1\r\n\r\n");
-        let ids: Vec<u64> = store.all().iter().map(|e| e.id).collect();
-        assert_eq!(ids, [2, 3, 4], "the oldest goes");
-        assert!(store.get(1).is_none() && store.get(4).is_some());
-    }
-
-    #[test]
-    fn an_upgrade_is_shown_and_then_passed_through() {
-        let store = Store::new(10, 1024);
-        let mut r = Recorder::new(store.clone(), 0, None);
-        r.to_service(
-            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x05hello",
-        );
-        r.from_service(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello",
-        );
-        r.to_service(b"GET /not-http HTTP/1.1\r\n\r\n");
-        let all = store.all();
-        assert_eq!(all.len(), 1);
-        assert!(all[0].upgraded && all[0].status == Some(101));
-        assert!(all[0].response_body.bytes.is_empty());
+        let after: Vec<u64> = store.all().iter().map(|e| e.id).collect();
+        assert_eq!(after, [4], "ids go on after a clear");
+        assert_eq!(store.get(4).map(|e| e.url), Some("/4".to_string()));
     }
 }

@@ -2,7 +2,7 @@
 //! local service, after the fact: the bytes themselves go through untouched, in the
 //! same calls, so the splice around it behaves exactly as without it.
 
-use super::store::Recorder;
+use super::recorder::Recorder;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
