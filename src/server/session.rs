@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
@@ -138,7 +139,14 @@ pub async fn serve<IO>(
     }
 
     let links = super::links::Links::new(mux.clone());
-    let (session, events) = match register(&ctx, &who, peer, stop.clone(), links).await {
+    // Ending the session (`SessionInfo::end`) stops its tunnels at once, but the
+    // connection stays up until the control loop has told the client why, or for
+    // ENDING_SEND + CLOSE_GRACE at most: closing both together raced the reason
+    // out of the wire, and the client guessed at a restart.
+    let session_stop = ctx.kill.child_token();
+    tokio::spawn(close_after_ending(session_stop.clone(), stop.clone()));
+    let _conn_closed_on_return = stop.clone().drop_guard();
+    let (session, events) = match register(&ctx, &who, peer, session_stop, links).await {
         Ok(v) => v,
         Err(reason) => {
             audit_login(who.user.as_deref(), peer, &reason);
@@ -186,6 +194,19 @@ pub async fn serve<IO>(
     .await;
     ctx.state.remove_session(session.id);
     session.closed.cancel();
+}
+
+/// Closes the connection (`conn`) once the session has been stopped for longer than it
+/// takes to say why; returns early when the connection closes first.
+async fn close_after_ending(session: CancellationToken, conn: CancellationToken) {
+    tokio::select! {
+        _ = session.cancelled() => {}
+        _ = conn.cancelled() => return,
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(ENDING_SEND + CLOSE_GRACE) => conn.cancel(),
+        _ = conn.cancelled() => {}
+    }
 }
 
 async fn send<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
