@@ -588,6 +588,53 @@ async fn bearer_tokens_from_the_issuer_pass_and_every_bad_credential_is_refused(
         .unwrap();
     assert_eq!(r.0, 401, "a cookie sealed with another key");
     assert_eq!(seen.count(), 5, "a refused request reached the service");
+
+    // A piped that keeps its key in a state directory: a session sealed with that key
+    // passes (also after the restart), the same session past its expiry does not.
+    drop(c);
+    drop(server);
+    let state = tempfile::tempdir().unwrap();
+    let sealer = pipe::signin::Sealer::from_state_dir(state.path()).unwrap();
+    let alice = pipe::signin::Identity {
+        email: Some("alice@example.com".into()),
+        user: "alice".into(),
+        groups: vec![],
+    };
+    let fresh = sealer
+        .seal(&host, &alice, Duration::from_secs(600))
+        .unwrap();
+    let expired = sealer.seal(&host, &alice, Duration::ZERO).unwrap();
+    let server = piped_with(
+        &caddy,
+        &op,
+        &["--state-dir", state.path().to_str().unwrap()],
+    );
+    let mut c = Pipec::spawn(
+        server.addr,
+        &[
+            "--forward",
+            &format!("http:{local}:api,auth=oidc,oidc-allow=*@example.com"),
+        ],
+    );
+    c.proc.wait_line("forwarding ", WAIT);
+    wait_gate(&caddy, &host).await;
+    let with = |v: &str| format!("Cookie: __Host-pipe={v}");
+    let r = caddy
+        .try_fetch_with(&host, "/", &["-H", &with(&fresh)])
+        .await
+        .unwrap();
+    assert_eq!(r.0, 200, "a session sealed with the state directory's key");
+    assert_eq!(seen.count(), 6);
+    let r = caddy
+        .try_fetch_with(&host, "/", &["-H", &with(&expired)])
+        .await
+        .unwrap();
+    assert_eq!(r.0, 401, "an expired session cookie");
+    assert_eq!(
+        seen.count(),
+        6,
+        "a request with an expired session reached the service"
+    );
     seen.assert_no_pipe_cookie();
 }
 
