@@ -356,14 +356,7 @@ impl Driver {
     /// times.
     pub async fn click(&self, css: &str) {
         for attempt in 1.. {
-            let el = self
-                .call(
-                    "POST",
-                    "/element",
-                    Some(json!({ "using": "css selector", "value": css })),
-                )
-                .await;
-            let id = el[ELEMENT].as_str().expect("element id").to_string();
+            let id = self.element(css).await;
             let path = format!("/element/{id}/click");
             match self.try_call("POST", &path, Some(json!({}))).await {
                 Ok(_) => return,
@@ -386,13 +379,8 @@ impl Driver {
 }
 
 impl Driver {
-    /// Opens `url` in the session's window.
-    pub async fn open(&self, url: &str) {
-        self.call("POST", "/url", Some(json!({ "url": url }))).await;
-    }
-
-    /// Types `text` into the element `css` (an input), as a user would.
-    pub async fn type_into(&self, css: &str, text: &str) {
+    /// The WebDriver id of the first element matching `css` (panics when none does).
+    async fn element(&self, css: &str) -> String {
         let el = self
             .call(
                 "POST",
@@ -400,7 +388,17 @@ impl Driver {
                 Some(json!({ "using": "css selector", "value": css })),
             )
             .await;
-        let id = el[ELEMENT].as_str().expect("element id").to_string();
+        el[ELEMENT].as_str().expect("element id").to_string()
+    }
+
+    /// Opens `url` in the session's window.
+    pub async fn open(&self, url: &str) {
+        self.call("POST", "/url", Some(json!({ "url": url }))).await;
+    }
+
+    /// Types `text` into the element `css` (an input), as a user would.
+    pub async fn type_into(&self, css: &str, text: &str) {
+        let id = self.element(css).await;
         self.call(
             "POST",
             &format!("/element/{id}/value"),
@@ -417,14 +415,7 @@ impl Driver {
 
     /// Moves the mouse pointer over the middle of the element `css`, as a user would.
     pub async fn hover(&self, css: &str) {
-        let el = self
-            .call(
-                "POST",
-                "/element",
-                Some(json!({ "using": "css selector", "value": css })),
-            )
-            .await;
-        let id = el[ELEMENT].as_str().expect("element id").to_string();
+        let id = self.element(css).await;
         let mut origin = serde_json::Map::new();
         origin.insert(ELEMENT.to_string(), Value::String(id));
         let actions = json!({ "actions": [{
