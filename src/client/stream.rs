@@ -153,6 +153,7 @@ fn recorder(route: &Route, header: &StreamHeader) -> Option<inspect::Recorder> {
         tunnel: route.label.clone(),
         visitor: header.visitor,
         replay_of: None,
+        signed_in: route.spec.options.auth == Some(crate::protocol::Auth::Oidc),
     };
     Some(inspect::Recorder::new(store, source))
 }

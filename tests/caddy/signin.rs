@@ -7,6 +7,7 @@ use crate::common::webdriver::Driver;
 use crate::common::*;
 use crate::harness::*;
 use axum::http::{HeaderMap, Uri};
+use serde_json::Value;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -206,8 +207,20 @@ async fn a_browser_signs_in_and_the_service_gets_a_trusted_email_and_no_pipe_coo
     let spec = format!(
         "http:{local}:grafana,auth=oidc,oidc-allow=*@example.com,oidc-allow=bob@partner.io"
     );
-    let mut c = Pipec::spawn(server.addr, &["--forward", &spec]);
+    let plain_spec = format!("http:{local}:plainapp");
+    let args = [
+        "--inspect",
+        "127.0.0.1:0",
+        "--forward",
+        &spec,
+        "--forward",
+        &plain_spec,
+    ];
+    let mut c = Pipec::spawn(server.addr, &args);
+    let line = c.proc.wait_line("inspect on http://", WAIT);
+    let inspect: std::net::SocketAddr = line["inspect on http://".len()..].parse().unwrap();
     let host = forwarded_host(&c.proc.wait_line("forwarding ", WAIT));
+    let plain_host = forwarded_host(&c.proc.wait_line("forwarding ", WAIT));
     wait_gate(&caddy, &host).await;
     let url = format!("https://{host}:{}/dash?x=1", caddy.https);
     let flags = [
@@ -261,6 +274,7 @@ async fn a_browser_signs_in_and_the_service_gets_a_trusted_email_and_no_pipe_coo
         "the app's own cookie still arrives"
     );
     seen.assert_no_pipe_cookie();
+
     // The browser holds the session cookie for this one host, as the gate set it.
     let cookies = d.call("GET", "/cookie", None).await;
     let session = cookies
@@ -279,6 +293,53 @@ async fn a_browser_signs_in_and_the_service_gets_a_trusted_email_and_no_pipe_coo
         host.as_str(),
         "host-only, never the parent domain"
     );
+
+    // The inspector names her on each exchange of the signed-in forward; on the plain
+    // forward the same header is only what the visitor wrote, and names no one.
+    let forged = ["-H", "X-Forwarded-Email: alice@example.com"];
+    let (code, _) = caddy
+        .try_fetch_with(&plain_host, "/plain", &forged)
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    let listed = crate::common::http::http(inspect, "GET", "/api/requests", None)
+        .await
+        .json();
+    let users: Vec<(String, Value)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["url"].as_str().unwrap().to_string(), e["user"].clone()))
+        .collect();
+    let named = |url: &str, who: &Value| match url {
+        "/plain" => who.is_null(),
+        _ => who == "alice@example.com",
+    };
+    assert!(
+        users.iter().filter(|(u, _)| u == "/dash?x=1").count() == 2
+            && users.iter().filter(|(u, _)| u == "/plain").count() == 1
+            && users.iter().all(|(u, who)| named(u, who)),
+        "{users:?}"
+    );
+    d.open(&format!("http://{inspect}/")).await;
+    d.wait_js(
+        "return Array.from(document.querySelectorAll('#rows td.visitor')).map(td => td.textContent.split(' ')[0])",
+        "the inspector's rows, newest first",
+        |v| {
+            let cells: Vec<&str> = v.as_array().into_iter().flatten().filter_map(|c| c.as_str()).collect();
+            cells.len() == users.len()
+                && cells[0] != "alice@example.com"
+                && cells[1..].iter().all(|c| *c == "alice@example.com")
+        },
+    )
+    .await;
+    d.click("#rows tr:nth-child(2)").await;
+    d.wait_js(
+        "const b = document.querySelector('#detail b.user'); return b ? b.textContent : ''",
+        "the signed-in identity in the exchange's details",
+        |v| v == "alice@example.com",
+    )
+    .await;
 
     // Sign-out ends the session.
     d.open(&format!("https://{host}:{}/.pipe/sign-out", caddy.https))

@@ -229,6 +229,8 @@ async fn replay(Extension(i): Shared, Path(id): Path<u64>, edit: Option<Json<Edi
         tunnel: orig.tunnel.as_str().into(),
         visitor: None,
         replay_of: Some(id),
+        // The inspector's user sends it, not a signed-in visitor.
+        signed_in: false,
     };
     let recorder = Recorder::new(i.store.clone(), source);
     match tokio::time::timeout(REPLAY_TIMEOUT, replay::send(route, recorder, &request)).await {

@@ -52,6 +52,10 @@ pub struct Source {
     pub visitor: Option<SocketAddr>,
     /// The exchange a replay sends again.
     pub replay_of: Option<u64>,
+    /// The forward is behind the server's sign-in (`auth=oidc`): the server deleted the
+    /// visitor's own identity headers and set them from the signed-in session, so they
+    /// name who the visitor is. Elsewhere they are whatever the visitor wrote.
+    pub signed_in: bool,
 }
 
 /// One request and its response.
@@ -86,6 +90,9 @@ pub struct Exchange {
     pub upgraded: bool,
     /// The exchange this one replayed.
     pub replay_of: Option<u64>,
+    /// Who the visitor signed in as (the email, else the user name, the server's
+    /// sign-in gate vouched for), on a forward behind sign-in; `None` elsewhere.
+    pub user: Option<String>,
     /// The request head as sent, byte for byte.
     #[serde(skip)]
     pub request_head: Vec<u8>,
@@ -110,6 +117,7 @@ impl Exchange {
             reason: self.reason.clone(),
             response_headers: self.response_headers.clone(),
             response_body: bare(&self.response_body),
+            user: self.user.clone(),
             request_head: Vec::new(),
             ..*self
         }
@@ -225,8 +233,13 @@ impl Store {
         let started_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        let user = source
+            .signed_in
+            .then(|| signed_in_user(&head.headers))
+            .flatten();
         inner.list.push_back(Exchange {
             id,
+            user,
             forward: source.forward,
             tunnel: source.tunnel.to_string(),
             visitor: source.visitor,
@@ -260,6 +273,17 @@ impl Store {
     }
 }
 
+/// The identity the sign-in gate set on a request: its email, else its user name.
+fn signed_in_user(headers: &[(String, String)]) -> Option<String> {
+    use crate::signin::names::{EMAIL_HEADER, USER_HEADER};
+    [EMAIL_HEADER, USER_HEADER].iter().find_map(|name| {
+        headers
+            .iter()
+            .find(|(k, v)| k.eq_ignore_ascii_case(name) && !v.trim().is_empty())
+            .map(|(_, v)| v.trim().to_string())
+    })
+}
+
 /// Ids grow by one and leave from the front: the position is the distance.
 fn index(inner: &Inner, id: u64) -> Option<usize> {
     let first = inner.list.front()?.id;
@@ -291,5 +315,33 @@ mod tests {
         let after: Vec<u64> = store.all().iter().map(|e| e.id).collect();
         assert_eq!(after, [4], "ids go on after a clear");
         assert_eq!(store.get(4).map(|e| e.url), Some("/4".to_string()));
+    }
+
+    #[test]
+    fn the_signed_in_user_is_shown_only_where_the_server_vouches_for_it() {
+        let store = Store::new(10, 1024);
+        let head = b"GET / HTTP/1.1\r\nx-forwarded-user: alice\r\n\
+                     X-Forwarded-Email: alice@example.com\r\n\r\n";
+        let behind = Source {
+            signed_in: true,
+            ..Source::default()
+        };
+        Recorder::new(store.clone(), behind.clone()).to_service(head);
+        Recorder::new(store.clone(), behind)
+            .to_service(b"GET / HTTP/1.1\r\nX-Forwarded-User: bob\r\n\r\n");
+        // On a forward without sign-in the same header is the visitor's own claim.
+        Recorder::new(store.clone(), Source::default()).to_service(head);
+        let users: Vec<Option<String>> = store.all().into_iter().map(|e| e.user).collect();
+        assert_eq!(
+            users,
+            [Some("alice@example.com".into()), Some("bob".into()), None],
+            "the email first, else the user name; nothing without sign-in"
+        );
+        let listed = store.select(|_| true);
+        assert_eq!(
+            listed[2].user.as_deref(),
+            Some("alice@example.com"),
+            "lists carry it"
+        );
     }
 }
