@@ -27,14 +27,34 @@ fn parse_range(text: &str) -> Option<RangeInclusive<u16>> {
     Some(lo..=hi)
 }
 
-/// Orders candidates: ports outside `ephemeral` first, each group keeping its order.
-fn outside_first(ports: Vec<u16>, ephemeral: Option<RangeInclusive<u16>>) -> Vec<u16> {
-    let Some(eph) = ephemeral else {
-        return ports;
+/// Orders candidates: ports outside `ephemeral` first, each group from a start of its
+/// own that `turn` picks (given the group's size). The candidates come from one random
+/// start over the whole allowed set, so without a start per group every start inside
+/// the ephemeral range would make the first port above it (61000) the first pick:
+/// nearly half of all picks would be the same port, and nodes of a cluster picking at
+/// once would keep colliding on it.
+fn outside_first(
+    ports: Vec<u16>,
+    ephemeral: Option<RangeInclusive<u16>>,
+    turn: impl Fn(usize) -> usize,
+) -> Vec<u16> {
+    let (mut out, mut inside): (Vec<u16>, Vec<u16>) = match ephemeral {
+        Some(eph) => ports.into_iter().partition(|p| !eph.contains(p)),
+        None => (ports, Vec::new()),
     };
-    let (mut out, inside): (Vec<u16>, Vec<u16>) = ports.into_iter().partition(|p| !eph.contains(p));
+    for group in [&mut out, &mut inside] {
+        if !group.is_empty() {
+            let k = turn(group.len()) % group.len();
+            group.rotate_left(k);
+        }
+    }
     out.extend(inside);
     out
+}
+
+/// A uniformly random start in a group of `n` candidates.
+fn random_turn(n: usize) -> usize {
+    rand::random_range(0..n)
 }
 
 fn bind_refusal(port: u16, e: &io::Error) -> String {
@@ -81,7 +101,7 @@ where
         };
     }
     let candidates = state.free_port_candidates(udp, usize::MAX, scope);
-    for port in outside_first(candidates, ephemeral_range()) {
+    for port in outside_first(candidates, ephemeral_range(), random_turn) {
         if state.reserve_port(key(port)).is_err() {
             continue;
         }
@@ -102,10 +122,41 @@ mod tests {
         assert_eq!(parse_range("32768\t60999\n"), Some(32768..=60999));
         assert_eq!(parse_range("garbage"), None);
         let ports = vec![40000, 2000, 61000, 32768, 3000];
+        let eph = || Some(32768..=60999);
         assert_eq!(
-            outside_first(ports.clone(), Some(32768..=60999)),
+            outside_first(ports.clone(), eph(), |_| 0),
             vec![2000, 61000, 3000, 40000, 32768]
         );
-        assert_eq!(outside_first(ports.clone(), None), ports);
+        assert_eq!(
+            outside_first(ports.clone(), eph(), |_| 1),
+            vec![61000, 3000, 2000, 32768, 40000],
+            "each group turned from its own start"
+        );
+        assert_eq!(outside_first(ports.clone(), None, |_| 0), ports);
+    }
+
+    /// The whole default set, as `free_port_candidates` hands it over (from one random
+    /// start), ordered as a pick tries it: the first port is spread over every port
+    /// outside the ephemeral range, never the one above the range half of the time.
+    #[test]
+    fn the_first_pick_is_spread_over_the_ports_outside_the_range() {
+        const PICKS: usize = 2000;
+        let all: Vec<u16> = (1024..=65535).collect();
+        let mut firsts = std::collections::HashMap::new();
+        for _ in 0..PICKS {
+            let mut c = all.clone();
+            let start = random_turn(c.len());
+            c.rotate_left(start);
+            let first = outside_first(c, Some(32768..=60999), random_turn)[0];
+            assert!(!(32768..=60999).contains(&first), "{first}");
+            *firsts.entry(first).or_insert(0usize) += 1;
+        }
+        // 36,280 ports outside the range: 2,000 uniform picks repeat one only by chance
+        // (the most common is picked 2 or 3 times); a bias shows as hundreds.
+        let most = firsts.values().max().copied().unwrap_or(0);
+        assert!(
+            most <= 10,
+            "one port was the first pick {most} times of {PICKS}"
+        );
     }
 }
