@@ -22,6 +22,10 @@
 # 0/20/50/100 ms and 50 ms + 1% loss at 1 Gbit/s: two more namespaces joined by the
 # harness's own link emulator; ~20 minutes). `--workloads wan` replaces only its "Real
 # links" section; `--links 50ms,100ms` narrows it, `--wan-rounds N` sets its rounds (3).
+# Not in the default set either: signin (a 256 MiB download through an http forward
+# behind OpenID Connect sign-in against the same through a plain one, through a real
+# Caddy and a real `oidc-provider`; needs caddy, node and npm, installed here when asked
+# for). `--workloads signin --only pipe` replaces only its "Sign-in" section.
 # Options go to `pipebench run`, e.g. `--rounds 3`, `--workloads tcp,echo`,
 # `--only pipe,rathole`, `--out-md /tmp/x.md`, `--variant LABEL=DIR` (A/B another build
 # of piped/pipec). CARGO_TARGET_DIR is honoured. Takes ~20 minutes of measuring on a
@@ -46,6 +50,21 @@ if ((${#missing[@]})); then
     else
         sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
     fi
+fi
+
+# The signin workload's Caddy and OpenID Provider (tests/oidc, pinned by its lock file).
+if [[ " $* " == *signin* ]]; then
+    need=()
+    command -v caddy >/dev/null || need+=(caddy)
+    command -v curl >/dev/null || need+=(curl)
+    command -v node >/dev/null && command -v npm >/dev/null || need+=(nodejs npm)
+    if ((${#need[@]})); then
+        say "installing ${need[*]} (the signin workload)"
+        sudo=""
+        [ "$(id -u)" = 0 ] || sudo="sudo"
+        $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
+    fi
+    (cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 install_peer() { # crate version binary

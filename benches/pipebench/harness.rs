@@ -117,7 +117,7 @@ pub fn systems_for(workload: &str, pipe_bins: &[PipeBuild]) -> Vec<System> {
         // Two forwards on one client session: the tunnels that can hold them.
         "stall" => vec![("pipe", PIPE), ("rathole", RATHOLE)],
         // No peer has an inspector, nor a cluster.
-        "inspect" | "cluster" => vec![("pipe", PIPE)],
+        "inspect" | "cluster" | "signin" => vec![("pipe", PIPE)],
         // The table: the tunnels and the bare link, across the emulated link.
         "wan" => vec![
             ("direct", Kind::Direct),
@@ -300,6 +300,7 @@ impl Harness {
             "stall" => self.stall(sys, &mut metrics, &mut notes),
             "inspect" => self.inspect(sys, round, &mut metrics),
             "cluster" => self.cluster(sys, round, &mut metrics, &mut notes),
+            "signin" => self.signin(sys, round, &mut metrics),
             other => Err(format!("unknown workload {other}")),
         };
         Sample {

@@ -20,8 +20,11 @@ mod peers;
 mod procs;
 mod report;
 mod report_cluster;
+mod report_signin;
 mod report_stress;
 mod report_wan;
+mod sections;
+mod signin;
 mod stats;
 mod stress;
 mod systems;
@@ -145,6 +148,7 @@ fn run(args: &[String]) {
         rathole,
         bore: cache.join("bin/bore"),
         work: work.clone(),
+        root: root.clone(),
     };
     let me = std::env::current_exe().expect("own path");
     let mut h = Harness::new(opts.clone(), env, me);
@@ -178,8 +182,7 @@ fn run(args: &[String]) {
     match &out_md {
         Some(p) => {
             let existing = std::fs::read_to_string(p).ok();
-            let md = report_cluster::merge(&data, md, existing.as_deref());
-            let md = merge_wan(&data, md, existing.as_deref());
+            let md = merge_sections(&data, md, existing.as_deref());
             write_or_warn(p, &md);
             eprintln!("wrote {}", p.display());
         }
@@ -200,18 +203,23 @@ fn rereport(args: &[String]) {
     match arg(args, "--out-md") {
         Some(p) => {
             let existing = std::fs::read_to_string(&p).ok();
-            let md = report_cluster::merge(&data, md, existing.as_deref());
-            let md = merge_wan(&data, md, existing.as_deref());
+            let md = merge_sections(&data, md, existing.as_deref());
             write_or_warn(Path::new(&p), &md)
         }
         None => println!("{md}"),
     }
 }
 
-/// The real-link section of this run put into the file (see `report_wan::merge`).
-fn merge_wan(data: &report::RunData, md: String, existing: Option<&str>) -> String {
-    let sec = report_wan::section(&data.samples, &data.machine, &data.command);
-    report_wan::merge(&data.samples, &sec, md, existing)
+/// The sections a run of their workload alone may replace, put into the file (see
+/// `sections::Marked::merge`): the cluster, the real links, sign-in.
+fn merge_sections(data: &report::RunData, md: String, existing: Option<&str>) -> String {
+    let s = &data.samples;
+    let cluster = report_cluster::section(data);
+    let md = report_cluster::MARKED.merge(s, |x| x.workload == "cluster", &cluster, md, existing);
+    let wan = report_wan::section(s, &data.machine, &data.command);
+    let md = report_wan::MARKED.merge(s, report_wan::is_wan, &wan, md, existing);
+    let signin = report_signin::section(s);
+    report_signin::MARKED.merge(s, report_signin::is_signin, &signin, md, existing)
 }
 
 fn write_or_warn(p: &Path, text: &str) {

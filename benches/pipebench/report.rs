@@ -7,6 +7,7 @@ use crate::harness::Sample;
 use crate::machine::Machine;
 use crate::monitor::Summary;
 use crate::report_cluster;
+use crate::report_signin;
 use crate::report_stress;
 use crate::report_wan;
 use crate::stats::{
@@ -53,6 +54,10 @@ pub fn markdown(d: &RunData, tuning: Option<&str>) -> String {
     if !wan.is_empty() {
         let _ = writeln!(o, "\n{wan}");
     }
+    let signin = report_signin::section(&d.samples);
+    if !signin.is_empty() {
+        let _ = writeln!(o, "\n{signin}");
+    }
     let _ = writeln!(o, "\n## Tuning\n");
     match tuning {
         // Drop TUNING.md's own title (this section is its heading) and nest its sections.
@@ -86,7 +91,9 @@ fn intro(o: &mut String, d: &RunData) {
          `pipebench report --json benches/.cache/last-run.json --out-md docs/BENCHMARKS.md` \
          rewrites this file from the saved run without measuring again. The cluster section \
          can come from a run of its own: `bash benches/run.sh --workloads cluster --only pipe` \
-         replaces only that section, and a run that does not measure the cluster keeps it.\n",
+         replaces only that section, and a run that does not measure the cluster keeps it; \
+         so do the real-link section (`--workloads wan`) and the sign-in section \
+         (`--workloads signin --only pipe`), which the default run does not measure.\n",
         d.command
     );
 }

@@ -81,6 +81,8 @@ pub struct System {
 
 /// Paths and scratch space every system may need.
 pub struct Env {
+    /// The project's root (tests/oidc holds the sign-in workload's provider).
+    pub root: PathBuf,
     pub work: PathBuf,
     pub rathole: PathBuf,
     pub bore: PathBuf,
