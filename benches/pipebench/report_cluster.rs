@@ -10,7 +10,7 @@ use crate::cluster::{IDLE_VISITORS, MIRROR_RETRY, NODES};
 use crate::harness::Sample;
 use crate::report::RunData;
 use crate::sections::Marked;
-use crate::stats::{cell, fmt_num, med, missing_notes, notes_line, sample_result, systems_in};
+use crate::stats::{cell, fmt_num, med, missing_notes, notes_line, raw_samples, systems_in};
 use std::fmt::Write as _;
 
 /// Opens the generated section (an HTML comment: invisible once rendered).
@@ -35,7 +35,7 @@ pub fn section(d: &RunData) -> String {
     intro(&mut o, d);
     paths(&mut o, s);
     idle(&mut o, s);
-    raw(&mut o, s);
+    raw_samples(&mut o, s, "cluster", |x| x.workload == W);
     let _ = write!(o, "\n{END}");
     o
 }
@@ -186,18 +186,4 @@ fn idle(o: &mut String, s: &[Sample]) {
         }
         notes_line(o, s, W, sys);
     }
-}
-
-fn raw(o: &mut String, s: &[Sample]) {
-    let _ = writeln!(
-        o,
-        "\n<details><summary>every cluster sample</summary>\n\n\
-         | round | system | other work, cores | result |\n| --- | --- | --- | --- |"
-    );
-    for x in s.iter().filter(|x| x.workload == W) {
-        let r = sample_result(x);
-        let busy = x.busy_elsewhere.map_or("—".into(), |c| format!("{c:.2}"));
-        let _ = writeln!(o, "| {} | {} | {busy} | {r} |", x.round + 1, x.system);
-    }
-    let _ = writeln!(o, "\n</details>");
 }

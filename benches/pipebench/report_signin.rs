@@ -6,7 +6,7 @@
 use crate::harness::Sample;
 use crate::sections::Marked;
 use crate::signin::{SIGNIN_BODY, SIGNIN_GETS};
-use crate::stats::{cell, med, missing_notes, sample_result, systems_in};
+use crate::stats::{cell, med, missing_notes, raw_samples, systems_in};
 use std::fmt::Write as _;
 
 const W: &str = "signin";
@@ -77,21 +77,7 @@ pub fn section(s: &[Sample]) -> String {
              medians; target: within 10%, at least {TARGET_RATIO:.2}×: **{verdict}**)."
         );
     }
-    let _ = writeln!(
-        o,
-        "\n<details><summary>every sign-in sample</summary>\n\n\
-         | round | system | other work, cores | result |\n| --- | --- | --- | --- |"
-    );
-    for x in s.iter().filter(|x| is_signin(x)) {
-        let busy = x.busy_elsewhere.map_or("—".into(), |c| format!("{c:.2}"));
-        let _ = writeln!(
-            o,
-            "| {} | {} | {busy} | {} |",
-            x.round + 1,
-            x.system,
-            sample_result(x)
-        );
-    }
-    let _ = write!(o, "\n</details>\n\n{END}");
+    raw_samples(&mut o, s, "sign-in", is_signin);
+    let _ = write!(o, "\n{END}");
     o
 }

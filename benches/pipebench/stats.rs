@@ -151,3 +151,24 @@ pub fn notes_line(o: &mut String, samples: &[Sample], w: &str, sys: &str) {
         let _ = writeln!(o, "\n*{sys}: {}*", short(&notes.join("; ")));
     }
 }
+
+/// Every sample `keep` accepts, folded away under "every `what` sample": round,
+/// system, how busy the rest of the machine was, and the result.
+pub fn raw_samples(o: &mut String, samples: &[Sample], what: &str, keep: impl Fn(&Sample) -> bool) {
+    let _ = writeln!(
+        o,
+        "\n<details><summary>every {what} sample</summary>\n\n\
+         | round | system | other work, cores | result |\n| --- | --- | --- | --- |"
+    );
+    for x in samples.iter().filter(|x| keep(x)) {
+        let busy = x.busy_elsewhere.map_or("—".into(), |c| format!("{c:.2}"));
+        let _ = writeln!(
+            o,
+            "| {} | {} | {busy} | {} |",
+            x.round + 1,
+            x.system,
+            sample_result(x)
+        );
+    }
+    let _ = writeln!(o, "\n</details>");
+}
