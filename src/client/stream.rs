@@ -7,6 +7,7 @@ use super::udp::{self, UdpLimits};
 use crate::config::ForwardSpec;
 use crate::protocol::Proto;
 use crate::protocol::{read_header_frame, StreamHeader, MAX_HEADER_FRAME, STREAM_CONNECTED};
+use crate::transport::splice::SpliceTotals;
 use crate::transport::{proxy_protocol, splice, tcp, MuxStream, SpliceOptions};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,10 +48,13 @@ impl Route {
 pub(crate) type Routes = Arc<Vec<Route>>;
 
 pub(crate) async fn handle(mut stream: MuxStream, routes: Routes, udp: UdpLimits) {
-    let header: StreamHeader = match timeout(
+    // A task's future is as large as its largest await, and every open visitor holds
+    // one as long as it lasts: what runs once (the setup) or rarely is boxed, and its
+    // memory given back when done, so an idle visitor holds little more than its splice.
+    let header: StreamHeader = match Box::pin(timeout(
         HEADER_TIMEOUT,
         read_header_frame(&mut stream, MAX_HEADER_FRAME),
-    )
+    ))
     .await
     {
         Ok(Ok(h)) => h,
@@ -62,7 +66,7 @@ pub(crate) async fn handle(mut stream: MuxStream, routes: Routes, udp: UdpLimits
     };
     if route.spec.proto == Proto::Udp {
         let span = tracing::info_span!("udp", forward = header.forward_id);
-        return serve_udp(stream, route, udp).instrument(span).await;
+        return Box::pin(serve_udp(stream, route, udp).instrument(span)).await;
     }
     let span =
         tracing::debug_span!("stream", forward = header.forward_id, visitor = ?header.visitor);
@@ -86,10 +90,10 @@ async fn serve_udp(stream: MuxStream, route: &Route, limits: UdpLimits) {
 
 async fn connect(mut stream: MuxStream, route: &Route, header: &StreamHeader) {
     let spec = &route.spec;
-    let dialled = match timeout(
+    let dialled = match Box::pin(timeout(
         LOCAL_DIAL_TIMEOUT,
         tcp::dial(&spec.local_host, spec.local_port),
-    )
+    ))
     .await
     {
         Ok(r) => r,
@@ -103,14 +107,8 @@ async fn connect(mut stream: MuxStream, route: &Route, header: &StreamHeader) {
         Err(e) => {
             debug!(error = %e, local = %spec.local(), "local service unreachable");
             route.down.report(&e);
-            // An http visitor is answered by us: the tunnel works, the service does not.
-            // The inspector shows that answer as the exchange it is.
-            if spec.proto == Proto::Http && stream.write_all(&[STREAM_CONNECTED]).await.is_ok() {
-                let mut recorder = recorder(route, header);
-                local::bad_gateway(&mut stream, recorder.as_mut()).await;
-                if let Some(r) = recorder.as_mut() {
-                    r.closed();
-                }
+            if spec.proto == Proto::Http {
+                Box::pin(answer_bad_gateway(stream, route, header)).await;
             }
             return;
         }
@@ -127,12 +125,7 @@ async fn connect(mut stream: MuxStream, route: &Route, header: &StreamHeader) {
         return;
     }
     let result = match recorder(route, header) {
-        Some(recorder) => {
-            let mut tapped = super::inspect::Tap::new(local, recorder);
-            let result = splice(&mut tapped, &mut stream, SpliceOptions::default()).await;
-            reset_unless_clean(&result, tapped.inner());
-            result
-        }
+        Some(recorder) => Box::pin(splice_recorded(local, &mut stream, recorder)).await,
         None => {
             let result = splice(&mut local, &mut stream, SpliceOptions::default()).await;
             reset_unless_clean(&result, &local);
@@ -142,6 +135,31 @@ async fn connect(mut stream: MuxStream, route: &Route, header: &StreamHeader) {
     if let Err(e) = result {
         debug!(error = %e, "stream reset");
     }
+}
+
+/// An http visitor whose local service is unreachable is answered by us: the tunnel
+/// works, the service does not. The inspector shows that answer as the exchange it is.
+async fn answer_bad_gateway(mut stream: MuxStream, route: &Route, header: &StreamHeader) {
+    if stream.write_all(&[STREAM_CONNECTED]).await.is_err() {
+        return;
+    }
+    let mut recorder = recorder(route, header);
+    local::bad_gateway(&mut stream, recorder.as_mut()).await;
+    if let Some(r) = recorder.as_mut() {
+        r.closed();
+    }
+}
+
+/// The splice of an inspected stream, its service side tapped by the recorder.
+async fn splice_recorded(
+    local: tokio::net::TcpStream,
+    stream: &mut MuxStream,
+    recorder: inspect::Recorder,
+) -> std::io::Result<SpliceTotals> {
+    let mut tapped = super::inspect::Tap::new(local, recorder);
+    let result = splice(&mut tapped, stream, SpliceOptions::default()).await;
+    reset_unless_clean(&result, tapped.inner());
+    result
 }
 
 /// A recorder for the stream's exchanges when the inspector runs and inspects this

@@ -342,28 +342,30 @@ async fn visitor(
     holder: Holder,
 ) -> Result<(), String> {
     tcp::tune(sock);
-    let v = real_addr::learn(sock, peer, source)
+    let mut v = Box::pin(real_addr::learn(sock, peer, source))
         .await
         .map_err(|e| e.to_string())?;
     if !source.is_peer() && !admits(holder.rules.as_ref(), v.addr.ip()) {
         return Err("visitor refused by the tunnel's access rules".into());
     }
-    let mut stream =
+    let opening = async {
         match open_to_holder(cluster, &holder, key.clone(), Some(v.addr), v.public).await {
-            Ok(s) => s,
+            Ok(s) => Ok(s),
             Err(e) => {
                 // The holder may have just died and its client moved to another node,
                 // whose claim this node has not heard of yet: ask the directory once.
                 let fresh = current_holder(cluster, &key, &holder).await.ok_or(e)?;
-                open_to_holder(cluster, &fresh, key, Some(v.addr), v.public).await?
+                open_to_holder(cluster, &fresh, key, Some(v.addr), v.public).await
             }
-        };
-    if !v.early.is_empty() {
-        stream
-            .write_all(&v.early)
-            .await
-            .map_err(|e| e.to_string())?;
+        }
+    };
+    let mut stream = Box::pin(opening).await?;
+    // Let go once sent, as on the holder (tcp.rs): the visitor may stay open for days.
+    let early = std::mem::take(&mut v.early);
+    if !early.is_empty() {
+        stream.write_all(&early).await.map_err(|e| e.to_string())?;
     }
+    drop(early);
     let opts = SpliceOptions::default();
     let result = if v.refuse_header {
         splice(&mut RefuseHeader::new(sock), &mut stream, opts).await

@@ -456,10 +456,11 @@ async fn carry(ctx: Arc<Ctx>, mut s: MuxStream) {
     let Some(cluster) = ctx.state.cluster() else {
         return;
     };
-    let open: PeerOpen = match timeout(
+    // Boxed, as the other visitor tasks' setup steps are (tcp.rs): freed once done.
+    let open: PeerOpen = match Box::pin(timeout(
         OPEN_TIMEOUT,
         read_header_frame(&mut s, crate::protocol::MAX_HEADER_FRAME),
-    )
+    ))
     .await
     {
         Ok(Ok(o)) => o,

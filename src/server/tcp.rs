@@ -90,9 +90,12 @@ async fn visitor(
     _permit: StreamPermit,
 ) {
     tcp::tune(&sock);
+    // A task's future is as large as its largest await, and every open visitor holds
+    // one as long as it lasts: the setup steps are boxed, their memory given back once
+    // done, so an idle visitor holds little more than its splice (mirror.rs likewise).
     let learnt = tokio::select! {
         _ = t.tunnel.stop.cancelled() => return tcp::reset_on_close(&sock),
-        r = real_addr::learn(&mut sock, peer, source) => r,
+        r = Box::pin(real_addr::learn(&mut sock, peer, source)) => r,
     };
     let v = match learnt {
         Ok(v) => v,
@@ -123,8 +126,9 @@ async fn visitor(
 
 /// Opens the client's stream for visitor `v` (on the least-loaded of its connections,
 /// counted there until the returned `Load` drops) and sends what the visitor already
-/// sent.
-async fn open_client(t: &TunnelCtx, v: &Visitor) -> Result<(MuxStream, Load), String> {
+/// sent. Those bytes are let go once sent: the visitor may stay open for days.
+async fn open_client(t: &TunnelCtx, v: &mut Visitor) -> Result<(MuxStream, Load), String> {
+    let early = std::mem::take(&mut v.early);
     let (mut stream, load) = t.links.open().await.map_err(|e| e.to_string())?;
     let header = StreamHeader {
         forward_id: t.tunnel.forward_id,
@@ -134,15 +138,12 @@ async fn open_client(t: &TunnelCtx, v: &Visitor) -> Result<(MuxStream, Load), St
     write_frame(&mut stream, &header)
         .await
         .map_err(|e| e.to_string())?;
-    if !v.early.is_empty() {
-        stream
-            .write_all(&v.early)
-            .await
-            .map_err(|e| e.to_string())?;
+    if !early.is_empty() {
+        stream.write_all(&early).await.map_err(|e| e.to_string())?;
         t.tunnel
             .stats
             .bytes_in
-            .fetch_add(v.early.len() as u64, Ordering::Relaxed);
+            .fetch_add(early.len() as u64, Ordering::Relaxed);
     }
     Ok((stream, load))
 }
@@ -159,8 +160,8 @@ fn splice_options(t: &TunnelCtx) -> SpliceOptions {
     }
 }
 
-async fn carry(sock: &mut TcpStream, v: Visitor, t: &TunnelCtx) -> Result<(), String> {
-    let (mut stream, _load) = open_client(t, &v).await?;
+async fn carry(sock: &mut TcpStream, mut v: Visitor, t: &TunnelCtx) -> Result<(), String> {
+    let (mut stream, _load) = Box::pin(open_client(t, &mut v)).await?;
     let opts = splice_options(t);
     let result = if v.refuse_header {
         splice(&mut RefuseHeader::new(sock), &mut stream, opts).await
@@ -190,14 +191,14 @@ pub async fn carry_from_peer(mut peer: MuxStream, open: PeerOpen, t: Arc<TunnelC
         return debug!(visitor = %addr, "stream cap reached; peer visitor refused");
     };
     let _guard = ConnGuard::new(t.ctx.state.clone(), t.tunnel.clone());
-    let v = Visitor {
+    let mut v = Visitor {
         addr,
         public: open.public,
         early: Vec::new(),
         refuse_header: false,
     };
     let work = async {
-        let (mut stream, _load) = open_client(&t, &v).await?;
+        let (mut stream, _load) = Box::pin(open_client(&t, &mut v)).await?;
         splice(&mut peer, &mut stream, splice_options(&t))
             .await
             .map_err(|e| e.to_string())

@@ -214,6 +214,18 @@ impl Proc {
         rss_kib(self.pid())
     }
 
+    /// The process's anonymous resident memory in KiB (heap and stacks, not the pages
+    /// of its binary and libraries), from /proc.
+    pub fn anon_kib(&self) -> u64 {
+        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", self.pid()))
+            .unwrap_or_default();
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("Anonymous:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Open file descriptors of the process.
     pub fn fd_count(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
