@@ -15,7 +15,7 @@ use crate::auth::{client_join, LoginError, Token};
 use crate::protocol::{
     ClientMsg, MessageStream, ServerMsg, CLIENT_ID_LEN, JOIN_KEY_LEN, MAX_CONTROL_FRAME,
 };
-use crate::transport::mux::{self, Mode, MAX_STREAMS_LIMIT};
+use crate::transport::mux;
 use crate::transport::tls::TlsConnector;
 use crate::transport::{tcp, ticker, BatchIo, MuxStream};
 use futures::io::{AsyncRead, AsyncWrite};
@@ -140,19 +140,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let own_stop = stop.child_token();
-    let routes = spec.routes.clone();
-    let udp = spec.udp;
-    let on_inbound = move |s: MuxStream| {
-        tokio::spawn(stream::handle(s, routes.clone(), udp));
-    };
-    let (mux, driver) = mux::start(
-        io,
-        mux::config(MAX_STREAMS_LIMIT),
-        Mode::Client,
-        on_inbound,
-        own_stop.clone(),
-    );
-    let mut driver = mux::DriverTask::spawn(driver);
+    let (mux, mut driver) = stream::start_mux(io, spec.routes.clone(), spec.udp, own_stop.clone());
     let ended = async {
         let Ok(Ok(ctl)) = timeout(CONNECT_TIMEOUT, mux.open()).await else {
             return Ended::Failed("cannot open its control stream".into());

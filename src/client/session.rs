@@ -10,7 +10,7 @@ use crate::config::{ClientConfig, Connections, ServerAddr};
 use crate::protocol::{
     ClientMsg, CodecError, ForwardRequest, MessageStream, Proto, ServerMsg, MAX_CONTROL_FRAME,
 };
-use crate::transport::mux::{self, Mode, MAX_STREAMS_LIMIT};
+use crate::transport::mux;
 use crate::transport::tls::{self, TlsConnector};
 use crate::transport::{tcp, ticker, BatchIo, MuxStream};
 use futures::io::{AsyncRead, AsyncWrite};
@@ -219,17 +219,7 @@ where
     };
     let link_routes = routes.clone();
     let watched = routes.clone();
-    let on_inbound = move |s: MuxStream| {
-        tokio::spawn(stream::handle(s, routes.clone(), udp));
-    };
-    let (mux, driver) = mux::start(
-        io,
-        mux::config(MAX_STREAMS_LIMIT),
-        Mode::Client,
-        on_inbound,
-        stop.clone(),
-    );
-    let mut driver = mux::DriverTask::spawn(driver);
+    let (mux, mut driver) = stream::start_mux(io, routes, udp, stop.clone());
     let result = async {
         let ctl = timeout(CONNECT_TIMEOUT, mux.open()).await;
         let Ok(Ok(ctl)) = ctl else {

@@ -7,12 +7,15 @@ use super::udp::{self, UdpLimits};
 use crate::config::ForwardSpec;
 use crate::protocol::Proto;
 use crate::protocol::{read_header_frame, StreamHeader, MAX_HEADER_FRAME, STREAM_CONNECTED};
+use crate::transport::mux::{self, DriverTask, Mode, Mux, MAX_STREAMS_LIMIT};
 use crate::transport::splice::SpliceTotals;
 use crate::transport::{proxy_protocol, splice, tcp, MuxStream, SpliceOptions};
+use futures::io::{AsyncRead, AsyncWrite};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
 /// The server writes the header with the stream's first bytes; a stream without one
@@ -47,7 +50,27 @@ impl Route {
 /// Routes: forward id → what it forwards to. Fixed for the life of the process.
 pub(crate) type Routes = Arc<Vec<Route>>;
 
-pub(crate) async fn handle(mut stream: MuxStream, routes: Routes, udp: UdpLimits) {
+/// Starts the client side of one connection to the server: every stream the server
+/// opens on it is a visitor, served with `routes`. The first connection (session.rs)
+/// and the ones joined to it (links.rs) start alike.
+pub(crate) fn start_mux<IO>(
+    io: IO,
+    routes: Routes,
+    udp: UdpLimits,
+    stop: CancellationToken,
+) -> (Mux, DriverTask)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let on_inbound = move |s: MuxStream| {
+        tokio::spawn(handle(s, routes.clone(), udp));
+    };
+    let cfg = mux::config(MAX_STREAMS_LIMIT);
+    let (mux, driver) = mux::start(io, cfg, Mode::Client, on_inbound, stop);
+    (mux, DriverTask::spawn(driver))
+}
+
+async fn handle(mut stream: MuxStream, routes: Routes, udp: UdpLimits) {
     // A task's future is as large as its largest await, and every open visitor holds
     // one as long as it lasts: what runs once (the setup) or rarely is boxed, and its
     // memory given back when done, so an idle visitor holds little more than its splice.
