@@ -444,17 +444,7 @@ async fn an_idle_visitor_costs_each_side_under_4_kib() {
     let before = (server.proc.anon_kib(), c.proc.anon_kib());
     let mut open = Vec::with_capacity(VISITORS);
     for _ in 0..VISITORS {
-        let mut s = tokio::time::timeout(WAIT, TcpStream::connect(("127.0.0.1", ports[0])))
-            .await
-            .unwrap()
-            .unwrap();
-        s.write_all(b"x").await.unwrap();
-        let mut got = [0u8; 1];
-        tokio::time::timeout(WAIT, s.read_exact(&mut got))
-            .await
-            .expect("echo timed out")
-            .unwrap();
-        open.push(s);
+        open.push(held_visitor(ports[0]).await);
     }
     let after = (server.proc.anon_kib(), c.proc.anon_kib());
     let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / VISITORS as f64;

@@ -40,19 +40,6 @@ async fn wait_connections(admin: SocketAddr, want: usize) -> Vec<usize> {
     }
 }
 
-/// Opens a visitor to `port` that sends one byte through the echo service and holds
-/// the connection open.
-async fn held_visitor(port: u16) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(b"x").await.unwrap();
-    let mut b = [0u8; 1];
-    tokio::time::timeout(WAIT, s.read_exact(&mut b))
-        .await
-        .expect("echo within the wait")
-        .unwrap();
-    s
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn visitors_spread_over_the_clients_connections_least_loaded_first() {
     let server = Piped::start(&["--token", TOKEN, "--admin", "127.0.0.1:0"]);

@@ -427,6 +427,23 @@ pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// Opens a visitor to `port` that sends one byte through the echo service, reads it
+/// back (bounded) and holds the connection open.
+pub async fn held_visitor(port: u16) -> TcpStream {
+    let mut s = tokio::time::timeout(WAIT, TcpStream::connect(("127.0.0.1", port)))
+        .await
+        .expect("connected within the wait")
+        .unwrap();
+    s.write_all(b"x").await.unwrap();
+    let mut b = [0u8; 1];
+    tokio::time::timeout(WAIT, s.read_exact(&mut b))
+        .await
+        .expect("echo within the wait")
+        .unwrap();
+    assert_eq!(&b, b"x");
+    s
+}
+
 /// Connects to `port`, sends `msg`, reads `msg.len()` bytes back (bounded).
 pub async fn echo_roundtrip(port: u16, msg: &[u8]) -> Vec<u8> {
     let mut s = tokio::time::timeout(WAIT, TcpStream::connect(("127.0.0.1", port)))
