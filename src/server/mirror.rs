@@ -25,7 +25,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
@@ -360,12 +359,7 @@ async fn visitor(
         }
     };
     let mut stream = Box::pin(opening).await?;
-    // Let go once sent, as on the holder (tcp.rs): the visitor may stay open for days.
-    let early = std::mem::take(&mut v.early);
-    if !early.is_empty() {
-        stream.write_all(&early).await.map_err(|e| e.to_string())?;
-    }
-    drop(early);
+    v.send_early(&mut stream).await.map_err(|e| e.to_string())?;
     let opts = SpliceOptions::default();
     let result = if v.refuse_header {
         splice(&mut RefuseHeader::new(sock), &mut stream, opts).await

@@ -11,9 +11,10 @@
 
 use crate::protocol::{Cidr, Proto};
 use crate::transport::proxy_protocol::{self, ProxyHeaderError};
+use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 mod refuse;
@@ -90,6 +91,19 @@ pub struct Visitor {
     /// service to speak first), so a PROXY header may still come: splice through
     /// [`RefuseHeader`].
     pub refuse_header: bool,
+}
+
+impl Visitor {
+    /// Sends the bytes already read from the visitor on `to` and lets them go: the
+    /// visitor may stay open for days, and its task should not hold them that long.
+    /// Returns how many were sent.
+    pub async fn send_early<W: AsyncWrite + Unpin>(&mut self, to: &mut W) -> io::Result<usize> {
+        let early = std::mem::take(&mut self.early);
+        if !early.is_empty() {
+            to.write_all(&early).await?;
+        }
+        Ok(early.len())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn, Instrument};
 
@@ -126,9 +125,8 @@ async fn visitor(
 
 /// Opens the client's stream for visitor `v` (on the least-loaded of its connections,
 /// counted there until the returned `Load` drops) and sends what the visitor already
-/// sent. Those bytes are let go once sent: the visitor may stay open for days.
+/// sent (and lets them go).
 async fn open_client(t: &TunnelCtx, v: &mut Visitor) -> Result<(MuxStream, Load), String> {
-    let early = std::mem::take(&mut v.early);
     let (mut stream, load) = t.links.open().await.map_err(|e| e.to_string())?;
     let header = StreamHeader {
         forward_id: t.tunnel.forward_id,
@@ -138,13 +136,11 @@ async fn open_client(t: &TunnelCtx, v: &mut Visitor) -> Result<(MuxStream, Load)
     write_frame(&mut stream, &header)
         .await
         .map_err(|e| e.to_string())?;
-    if !early.is_empty() {
-        stream.write_all(&early).await.map_err(|e| e.to_string())?;
-        t.tunnel
-            .stats
-            .bytes_in
-            .fetch_add(early.len() as u64, Ordering::Relaxed);
-    }
+    let sent = v.send_early(&mut stream).await.map_err(|e| e.to_string())?;
+    t.tunnel
+        .stats
+        .bytes_in
+        .fetch_add(sent as u64, Ordering::Relaxed);
     Ok((stream, load))
 }
 
