@@ -228,7 +228,7 @@ async fn other_nodes_see_claims_and_releases_as_they_happen() {
     a.claim(&key, &h, LONG).await.unwrap();
     assert_eq!(
         next(&mut events).await,
-        DirEvent::Claimed(key.clone(), h.clone())
+        DirEvent::Claimed(key.clone(), Box::new(h.clone()))
     );
     // A refused claim changes nothing and says nothing.
     let other = holder("b", "bob/c2", 4);

@@ -54,7 +54,7 @@ impl Directory for LocalDirectory {
             Some(h) if h.owner != holder.owner => Claimed::Taken(h.clone()),
             _ => {
                 inner.claims.insert(key.clone(), holder.clone());
-                self.publish(DirEvent::Claimed(key.clone(), holder.clone()));
+                self.publish(DirEvent::Claimed(key.clone(), Box::new(holder.clone())));
                 Claimed::Granted
             }
         };

@@ -571,7 +571,7 @@ fn event(payload: &str) -> Option<DirEvent> {
     let p: Published = serde_json::from_str(payload).ok()?;
     let key = ClaimKey::parse(&p.key)?;
     match (p.op.as_str(), p.holder) {
-        ("claimed", Some(h)) => Some(DirEvent::Claimed(key, parse_holder(&h).ok()?)),
+        ("claimed", Some(h)) => Some(DirEvent::Claimed(key, Box::new(parse_holder(&h).ok()?))),
         ("released", _) => Some(DirEvent::Released(key)),
         _ => None,
     }
@@ -640,7 +640,7 @@ mod tests {
         );
         assert_eq!(
             event(&claimed),
-            Some(DirEvent::Claimed(ClaimKey::Tcp(9000), h))
+            Some(DirEvent::Claimed(ClaimKey::Tcp(9000), Box::new(h)))
         );
         assert_eq!(
             event(r#"{"op":"released","key":"sub:myapp"}"#),

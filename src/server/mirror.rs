@@ -101,7 +101,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, cluster: Arc<Cluster>) {
         tokio::select! {
             _ = ctx.kill.cancelled() => break,
             ev = events.recv() => match ev {
-                Ok(DirEvent::Claimed(key, holder)) => ensure(&ctx, &cluster, key, holder).await,
+                Ok(DirEvent::Claimed(key, holder)) => ensure(&ctx, &cluster, key, *holder).await,
                 Ok(DirEvent::Released(key)) => cluster.mirrors.remove(&ctx, &key).await,
                 Ok(DirEvent::Resync) | Err(RecvError::Lagged(_)) => reconcile(&ctx, &cluster).await,
                 Err(RecvError::Closed) => break,
