@@ -40,7 +40,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// `--connections auto`: one connection while the server answers within this round
 /// trip (loopback, a LAN: one connection already carries more than a Gbit/s there),
 /// else `AUTO_POOL`.
-pub(crate) const AUTO_RTT: Duration = Duration::from_millis(5);
+pub(crate) const AUTO_RTT: Duration = mux::LINK_RTT;
 /// Connections `--connections auto` keeps on a link slower than `AUTO_RTT`.
 pub(crate) const AUTO_POOL: usize = 8;
 
@@ -125,22 +125,24 @@ async fn once(spec: &JoinSpec, stop: &CancellationToken) -> Ended {
         },
     };
     tcp::tune_control(&tcp);
+    let rtt = tcp::kernel_rtt(&tcp);
     let Some((connector, name)) = &spec.tls else {
-        return run(spec, stop, BatchIo::new(tcp)).await;
+        return run(spec, stop, BatchIo::new(tcp), rtt).await;
     };
     match timeout(CONNECT_TIMEOUT, connector.connect(name.clone(), tcp)).await {
-        Ok(Ok(s)) => run(spec, stop, BatchIo::new(s)).await,
+        Ok(Ok(s)) => run(spec, stop, BatchIo::new(s), rtt).await,
         Ok(Err(e)) => Ended::Failed(format!("TLS: {e}")),
         Err(_) => Ended::Failed("TLS handshake timed out".into()),
     }
 }
 
-async fn run<IO>(spec: &JoinSpec, stop: &CancellationToken, io: IO) -> Ended
+async fn run<IO>(spec: &JoinSpec, stop: &CancellationToken, io: IO, rtt: Option<Duration>) -> Ended
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let own_stop = stop.child_token();
-    let (mux, mut driver) = stream::start_mux(io, spec.routes.clone(), spec.udp, own_stop.clone());
+    let (mux, mut driver) =
+        stream::start_mux(io, rtt, spec.routes.clone(), spec.udp, own_stop.clone());
     let ended = async {
         let Ok(Ok(ctl)) = timeout(CONNECT_TIMEOUT, mux.open()).await else {
             return Ended::Failed("cannot open its control stream".into());

@@ -219,7 +219,7 @@ where
     };
     let link_routes = routes.clone();
     let watched = routes.clone();
-    let (mux, mut driver) = stream::start_mux(io, routes, udp, stop.clone());
+    let (mux, mut driver) = stream::start_mux(io, rtt, routes, udp, stop.clone());
     let result = async {
         let ctl = timeout(CONNECT_TIMEOUT, mux.open()).await;
         let Ok(Ok(ctl)) = ctl else {

@@ -49,10 +49,12 @@ fn repick(asked: u16, refusal: &str, picks: usize) -> bool {
 }
 
 /// Serves one accepted control connection from login to teardown. The login must be
-/// done by `deadline`; with `refusal` set, the login is refused with that reason.
+/// done by `deadline`; with `refusal` set, the login is refused with that reason. `rtt`
+/// is the kernel's round trip of its TCP connection, which sizes the session's frames.
 pub async fn serve<IO>(
     ctx: Arc<Ctx>,
     io: IO,
+    rtt: Option<Duration>,
     peer: SocketAddr,
     permit: super::pending::PendingPermit,
     deadline: Instant,
@@ -71,7 +73,7 @@ pub async fn serve<IO>(
         // Only the control stream may be opened by the client; others are dropped (reset).
         None => debug!("client opened an extra stream; refused"),
     };
-    let ycfg = mux::config(cfg.max_streams + cfg.max_tunnels + STREAM_HEADROOM);
+    let ycfg = mux::config_for_link(cfg.max_streams + cfg.max_tunnels + STREAM_HEADROOM, rtt);
     let (mux, driver) = mux::start(io, ycfg, Mode::Server, on_inbound, stop.clone());
     let mut driver = mux::DriverTask::spawn(driver);
 

@@ -19,6 +19,7 @@ use super::goaway::Watch;
 use super::stream::Ends;
 pub use super::stream::MuxStream;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use yamux::Mode;
 
@@ -32,6 +33,29 @@ const YAMUX_DEFAULT_STREAMS: usize = 512;
 /// Payload bytes per yamux data frame. Frames follow the splice's read size (256 KiB);
 /// a larger split lets one read travel as one frame (fewer headers and system calls).
 const SPLIT_SEND_SIZE: usize = 256 * 1024;
+
+/// Round trip from which a session counts as crossing a real link (`--connections
+/// auto` keeps a pool from here too): under it, loopback and LANs.
+pub const LINK_RTT: Duration = Duration::from_millis(5);
+
+/// Payload bytes per data frame on a session across a real link. yamux hands a frame
+/// to the reader only once all of it has arrived, and grants a stream more window only
+/// after half of it was read, doubling the window only when that took under two round
+/// trips. With 256 KiB frames, one lost packet held back a whole frame, usually half a
+/// new stream's window, and that stream stayed at its first 256 KiB: 15 Mbit/s on a
+/// 50 ms link with 1% loss against rathole's 159. 32 KiB frames are read as they
+/// arrive (`benches/TUNING.md`: one stream 16 → 152 Mbit/s, four 363 → 601, medians
+/// of 5). On loopback the large frames stay: there they save system calls.
+const LINK_SPLIT_SEND_SIZE: usize = 32 * 1024;
+
+/// Payload bytes per data frame for a session whose TCP connection has round trip
+/// `rtt` (the kernel's, at connect); unknown counts as fast.
+pub fn frame_size(rtt: Option<Duration>) -> usize {
+    match rtt {
+        Some(rtt) if rtt >= LINK_RTT => LINK_SPLIT_SEND_SIZE,
+        _ => SPLIT_SEND_SIZE,
+    }
+}
 
 /// Receive window shared by the streams of a session on top of each one's initial 256 KiB.
 /// yamux lets a busy stream's window grow (doubling toward twice the bandwidth-delay
@@ -61,6 +85,14 @@ pub fn config(max_streams: usize) -> yamux::Config {
         cfg.set_max_connection_receive_window(Some(window));
     }
     cfg.set_split_send_size(SPLIT_SEND_SIZE);
+    cfg
+}
+
+/// [`config`] for a session over a TCP connection with round trip `rtt`: frames sized
+/// by [`frame_size`].
+pub fn config_for_link(max_streams: usize, rtt: Option<Duration>) -> yamux::Config {
+    let mut cfg = config(max_streams);
+    cfg.set_split_send_size(frame_size(rtt));
     cfg
 }
 
@@ -202,6 +234,22 @@ impl DriverTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_are_small_only_across_a_real_link() {
+        let us = Duration::from_micros;
+        // Loopback and LANs, and a platform that does not say: large frames.
+        for rtt in [None, Some(us(40)), Some(us(4_999))] {
+            assert_eq!(frame_size(rtt), SPLIT_SEND_SIZE, "{rtt:?}");
+        }
+        // From the round trip where `--connections auto` keeps a pool: small ones.
+        for rtt in [LINK_RTT, Duration::from_millis(50), Duration::from_secs(2)] {
+            assert_eq!(frame_size(Some(rtt)), LINK_SPLIT_SEND_SIZE, "{rtt:?}");
+        }
+        for n in [1, 512, MAX_STREAMS_LIMIT] {
+            let _ = config_for_link(n, Some(LINK_RTT));
+        }
+    }
 
     #[test]
     fn config_accepts_every_stream_cap() {
