@@ -214,12 +214,29 @@ fn rereport(args: &[String]) {
 /// `sections::Marked::merge`): the cluster, the real links, sign-in.
 fn merge_sections(data: &report::RunData, md: String, existing: Option<&str>) -> String {
     let s = &data.samples;
+    let whole = md.clone();
     let cluster = report_cluster::section(data);
     let md = report_cluster::MARKED.merge(s, |x| x.workload == "cluster", &cluster, md, existing);
     let wan = report_wan::section(s, &data.machine, &data.command);
     let md = report_wan::MARKED.merge(s, report_wan::is_wan, &wan, md, existing);
     let signin = report_signin::section(s);
-    report_signin::MARKED.merge(s, report_signin::is_signin, &signin, md, existing)
+    let merged = report_signin::MARKED.merge(s, report_signin::is_signin, &signin, md, existing);
+    fresh_tuning(merged, &whole)
+}
+
+/// The Tuning section is benches/TUNING.md as it is now, also when a run of one
+/// workload alone keeps the rest of an existing file: it is taken from this run's
+/// report `full` (a whole run's file is `full` already, so nothing changes there).
+fn fresh_tuning(out: String, full: &str) -> String {
+    let span = |md: &str| {
+        let b = md.find("\n## Tuning\n")?;
+        let e = md[b..].find("\n## Method and raw samples")? + b;
+        Some((b, e))
+    };
+    match (span(&out), span(full)) {
+        (Some((b, e)), Some((fb, fe))) => format!("{}{}{}", &out[..b], &full[fb..fe], &out[e..]),
+        _ => out,
+    }
 }
 
 fn write_or_warn(p: &Path, text: &str) {
