@@ -346,9 +346,22 @@ impl Caddy {
         serde_json::from_str(&self.curl_admin("GET", path, None)?).ok()
     }
 
+    /// GET from the admin API. Caddy restarts its admin endpoint with every config
+    /// change (its log: "admin endpoint started", then "stopped previous server"), and a
+    /// request that lands in that swap is refused: asked again for up to 2 s.
     pub fn get(&self, path: &str) -> Value {
-        self.try_get(path)
-            .unwrap_or_else(|| panic!("GET {path} failed:\n{}", self.log()))
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            if let Some(v) = self.try_get(path) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "GET {path} failed:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Every `@id` in Caddy's config that `piped` made.
