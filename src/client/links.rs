@@ -37,11 +37,8 @@ const PAUSE_MAX: Duration = Duration::from_secs(5);
 /// How long a closing connection may take to flush its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// `--connections auto`: one connection while the server answers within this round
-/// trip (loopback, a LAN: one connection already carries more than a Gbit/s there),
-/// else `AUTO_POOL`.
-pub(crate) const AUTO_RTT: Duration = mux::LINK_RTT;
-/// Connections `--connections auto` keeps on a link slower than `AUTO_RTT`.
+/// Connections `--connections auto` keeps to a server across a network
+/// (`mux::Path::Link`); to one on this machine, one.
 pub(crate) const AUTO_POOL: usize = 8;
 
 /// What every extra connection of one session needs.
@@ -125,24 +122,24 @@ async fn once(spec: &JoinSpec, stop: &CancellationToken) -> Ended {
         },
     };
     tcp::tune_control(&tcp);
-    let rtt = tcp::kernel_rtt(&tcp);
+    let path = mux::Path::to(Some(spec.addr.ip()));
     let Some((connector, name)) = &spec.tls else {
-        return run(spec, stop, BatchIo::new(tcp), rtt).await;
+        return run(spec, stop, BatchIo::new(tcp), path).await;
     };
     match timeout(CONNECT_TIMEOUT, connector.connect(name.clone(), tcp)).await {
-        Ok(Ok(s)) => run(spec, stop, BatchIo::new(s), rtt).await,
+        Ok(Ok(s)) => run(spec, stop, BatchIo::new(s), path).await,
         Ok(Err(e)) => Ended::Failed(format!("TLS: {e}")),
         Err(_) => Ended::Failed("TLS handshake timed out".into()),
     }
 }
 
-async fn run<IO>(spec: &JoinSpec, stop: &CancellationToken, io: IO, rtt: Option<Duration>) -> Ended
+async fn run<IO>(spec: &JoinSpec, stop: &CancellationToken, io: IO, path: mux::Path) -> Ended
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let own_stop = stop.child_token();
     let (mux, mut driver) =
-        stream::start_mux(io, rtt, spec.routes.clone(), spec.udp, own_stop.clone());
+        stream::start_mux(io, path, spec.routes.clone(), spec.udp, own_stop.clone());
     let ended = async {
         let Ok(Ok(ctl)) = timeout(CONNECT_TIMEOUT, mux.open()).await else {
             return Ended::Failed("cannot open its control stream".into());

@@ -153,11 +153,11 @@ fn tls_name(ctx: &SessionCtx<'_>) -> Result<rustls::pki_types::ServerName<'stati
     tls::server_name(&name)
 }
 
-/// How many connections to keep to a server `rtt` away that allows `max` per session.
-fn connections(asked: Connections, rtt: Duration, max: u16) -> usize {
+/// How many connections to keep to a server on `path` that allows `max` per session.
+fn connections(asked: Connections, path: mux::Path, max: u16) -> usize {
     let n = match asked {
         Connections::Fixed(n) => n as usize,
-        Connections::Auto if rtt >= links::AUTO_RTT => links::AUTO_POOL,
+        Connections::Auto if path == mux::Path::Link => links::AUTO_POOL,
         Connections::Auto => 1,
     };
     n.clamp(1, (max as usize).max(1))
@@ -178,13 +178,13 @@ pub(crate) async fn run_once(
     };
     tcp::tune_control(&tcp);
     *ctx.peer = tcp.peer_addr().ok();
-    let rtt = tcp::kernel_rtt(&tcp);
+    let path = mux::Path::to(ctx.peer.map(|p| p.ip()));
     let Some(connector) = ctx.tls else {
-        return serve(ctx, forwards, BatchIo::new(tcp), rtt).await;
+        return serve(ctx, forwards, BatchIo::new(tcp), path).await;
     };
     let name = tls_name(&ctx).map_err(ClientError::Tls)?;
     match timeout(CONNECT_TIMEOUT, connector.connect(name, tcp)).await {
-        Ok(Ok(s)) => serve(ctx, forwards, BatchIo::new(s), rtt).await,
+        Ok(Ok(s)) => serve(ctx, forwards, BatchIo::new(s), path).await,
         Ok(Err(e)) => match tls::explain_client_error(&e, &trust(ctx.config)) {
             (why, true) => Err(ClientError::Tls(why)),
             (why, false) => lost(why),
@@ -193,13 +193,12 @@ pub(crate) async fn run_once(
     }
 }
 
-/// Runs one session over `io`; `rtt` is the kernel's round-trip time of its TCP
-/// connection, when known.
+/// Runs one session over `io`, a TCP connection on `path`.
 async fn serve<IO>(
     ctx: SessionCtx<'_>,
     forwards: &mut [ForwardState],
     io: IO,
-    rtt: Option<Duration>,
+    path: mux::Path,
 ) -> Result<End, ClientError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -219,7 +218,7 @@ where
     };
     let link_routes = routes.clone();
     let watched = routes.clone();
-    let (mux, mut driver) = stream::start_mux(io, rtt, routes, udp, stop.clone());
+    let (mux, mut driver) = stream::start_mux(io, path, routes, udp, stop.clone());
     let result = async {
         let ctl = timeout(CONNECT_TIMEOUT, mux.open()).await;
         let Ok(Ok(ctl)) = ctl else {
@@ -240,7 +239,6 @@ where
                 &me,
             ),
         );
-        let asked = Instant::now();
         let admitted = tokio::select! {
             _ = ctx.shutdown.cancelled() => return Ok(End::Shutdown),
             r = login => match r {
@@ -250,13 +248,7 @@ where
                 Err(_) => return lost("login timed out"),
             },
         };
-        // The kernel's measure, else the login's two round trips (Hello, Login). A
-        // loopback server is no slow link, however busy the machine made the handshake.
-        let rtt = match *ctx.peer {
-            Some(p) if p.ip().is_loopback() => Duration::ZERO,
-            _ => rtt.unwrap_or(asked.elapsed() / 2),
-        };
-        let want = connections(cfg.connections, rtt, admitted.max_links);
+        let want = connections(cfg.connections, path, admitted.max_links);
         info!(session = admitted.session_id, server = %ctx.server, connections = want, "logged in");
         if let (true, Some(addr)) = (want > 1, *ctx.peer) {
             let spec = links::JoinSpec {
@@ -521,24 +513,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_connection_count_follows_the_link_and_the_servers_cap() {
-        let ms = Duration::from_millis;
-        assert_eq!(
-            connections(Connections::Auto, Duration::from_micros(40), 16),
-            1
-        );
-        assert_eq!(connections(Connections::Auto, ms(4), 16), 1);
-        assert_eq!(
-            connections(Connections::Auto, links::AUTO_RTT, 16),
-            links::AUTO_POOL
-        );
-        assert_eq!(
-            connections(Connections::Auto, ms(100), 16),
-            links::AUTO_POOL
-        );
-        assert_eq!(connections(Connections::Auto, ms(100), 2), 2);
-        assert_eq!(connections(Connections::Fixed(8), ms(0), 16), 8);
-        assert_eq!(connections(Connections::Fixed(16), ms(0), 4), 4);
-        assert_eq!(connections(Connections::Fixed(3), ms(0), 0), 1);
+    fn the_connection_count_follows_the_path_and_the_servers_cap() {
+        use mux::Path::{Link, Local};
+        assert_eq!(connections(Connections::Auto, Local, 16), 1);
+        assert_eq!(connections(Connections::Auto, Link, 16), links::AUTO_POOL);
+        assert_eq!(connections(Connections::Auto, Link, 2), 2);
+        assert_eq!(connections(Connections::Fixed(8), Local, 16), 8);
+        assert_eq!(connections(Connections::Fixed(16), Link, 4), 4);
+        assert_eq!(connections(Connections::Fixed(3), Local, 0), 1);
     }
 }

@@ -51,12 +51,12 @@ impl Route {
 pub(crate) type Routes = Arc<Vec<Route>>;
 
 /// Starts the client side of one connection to the server: every stream the server
-/// opens on it is a visitor, served with `routes`; `rtt` is the connection's round
-/// trip (frame size). The first connection (session.rs) and the ones joined to it
+/// opens on it is a visitor, served with `routes`; `path` is where the connection runs
+/// (frame size). The first connection (session.rs) and the ones joined to it
 /// (links.rs) start alike.
 pub(crate) fn start_mux<IO>(
     io: IO,
-    rtt: Option<Duration>,
+    path: mux::Path,
     routes: Routes,
     udp: UdpLimits,
     stop: CancellationToken,
@@ -67,7 +67,7 @@ where
     let on_inbound = move |s: MuxStream| {
         tokio::spawn(handle(s, routes.clone(), udp));
     };
-    let cfg = mux::config_for_link(MAX_STREAMS_LIMIT, rtt);
+    let cfg = mux::config_for_path(MAX_STREAMS_LIMIT, path);
     let (mux, driver) = mux::start(io, cfg, Mode::Client, on_inbound, stop);
     (mux, DriverTask::spawn(driver))
 }

@@ -461,8 +461,8 @@ pub struct PipecRunArgs {
     #[arg(long, value_parser = duration)]
     pub reconnect_max: Option<Duration>,
     /// Connections to keep to the server, joined as one client: visitor streams are
-    /// spread over them, least-loaded first. auto: one when the server answers within
-    /// 5 ms, else 8 [default: auto; at most 16]
+    /// spread over them, least-loaded first. auto: one to a server on this machine (a
+    /// loopback address), else 8 [default: auto; at most 16]
     #[arg(
         long,
         value_name = "N|auto",

@@ -305,14 +305,13 @@ async fn accept(
         None => return debug!("silent while the pending table was full; dropped"),
         _ => return debug!("connection closed or silent before its first byte"),
     };
-    let rtt = tcp_opts::kernel_rtt(&tcp);
     match (tls, is_tls) {
         (Some(acceptor), true) => match permit
             .unless_evicted(tokio::time::timeout_at(deadline, acceptor.accept(tcp)))
             .await
         {
             Some(Ok(Ok(s))) => {
-                session::serve(ctx, BatchIo::new(s), rtt, peer, permit, deadline, None).await
+                session::serve(ctx, BatchIo::new(s), peer, permit, deadline, None).await
             }
             Some(Ok(Err(e))) => info!(error = %e, "TLS handshake failed"),
             Some(Err(_)) => debug!("TLS handshake timed out"),
@@ -320,16 +319,7 @@ async fn accept(
         },
         (Some(_), false) => {
             let why = "this server requires TLS: run pipec with --tls";
-            session::serve(
-                ctx,
-                BatchIo::new(tcp),
-                rtt,
-                peer,
-                permit,
-                deadline,
-                Some(why),
-            )
-            .await
+            session::serve(ctx, BatchIo::new(tcp), peer, permit, deadline, Some(why)).await
         }
         (None, true) => {
             // Answer a TLS client with a TLS alert so it fails at once, with a cause.
@@ -337,9 +327,7 @@ async fn accept(
             let mut tcp = tcp;
             let _ = tcp.write_all(&tls::PLAINTEXT_SERVER_ALERT).await;
         }
-        (None, false) => {
-            session::serve(ctx, BatchIo::new(tcp), rtt, peer, permit, deadline, None).await
-        }
+        (None, false) => session::serve(ctx, BatchIo::new(tcp), peer, permit, deadline, None).await,
     }
 }
 

@@ -49,12 +49,11 @@ fn repick(asked: u16, refusal: &str, picks: usize) -> bool {
 }
 
 /// Serves one accepted control connection from login to teardown. The login must be
-/// done by `deadline`; with `refusal` set, the login is refused with that reason. `rtt`
-/// is the kernel's round trip of its TCP connection, which sizes the session's frames.
+/// done by `deadline`; with `refusal` set, the login is refused with that reason. The
+/// session's frames are sized by where `peer` is (`mux::Path`).
 pub async fn serve<IO>(
     ctx: Arc<Ctx>,
     io: IO,
-    rtt: Option<Duration>,
     peer: SocketAddr,
     permit: super::pending::PendingPermit,
     deadline: Instant,
@@ -73,7 +72,8 @@ pub async fn serve<IO>(
         // Only the control stream may be opened by the client; others are dropped (reset).
         None => debug!("client opened an extra stream; refused"),
     };
-    let ycfg = mux::config_for_link(cfg.max_streams + cfg.max_tunnels + STREAM_HEADROOM, rtt);
+    let path = mux::Path::to(Some(peer.ip()));
+    let ycfg = mux::config_for_path(cfg.max_streams + cfg.max_tunnels + STREAM_HEADROOM, path);
     let (mux, driver) = mux::start(io, ycfg, Mode::Server, on_inbound, stop.clone());
     let mut driver = mux::DriverTask::spawn(driver);
 

@@ -18,8 +18,8 @@ use tokio_util::task::AbortOnDropHandle;
 use super::goaway::Watch;
 use super::stream::Ends;
 pub use super::stream::MuxStream;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 pub use yamux::Mode;
 
@@ -34,9 +34,40 @@ const YAMUX_DEFAULT_STREAMS: usize = 512;
 /// a larger split lets one read travel as one frame (fewer headers and system calls).
 const SPLIT_SEND_SIZE: usize = 256 * 1024;
 
-/// Round trip from which a session counts as crossing a real link (`--connections
-/// auto` keeps a pool from here too): under it, loopback and LANs.
-pub const LINK_RTT: Duration = Duration::from_millis(5);
+/// Where a session's TCP connection runs: within this machine, or across a network.
+///
+/// It sets the frame size (`frame_size`) and how many connections `pipec --connections
+/// auto` keeps. The line is the address, not a measured round trip: on a 1 Gbit/s link
+/// under a millisecond away, one connection with 256 KiB frames let one download take
+/// nearly 90% of the link beside another in one round of five (yamux grows the window
+/// of whichever stream it measures first and never shrinks it); a pool of connections
+/// with 32 KiB frames gave the second 47-57% in every round (`benches/TUNING.md`). On
+/// loopback nothing is shared with anyone, and large frames save system calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Both ends on this machine (a loopback address), or an address not known.
+    Local,
+    /// Across a network.
+    Link,
+}
+
+impl Path {
+    /// The path to a peer at `peer`.
+    pub fn to(peer: Option<IpAddr>) -> Path {
+        match peer {
+            Some(ip) if !ip.is_loopback() && !is_mapped_loopback(ip) => Path::Link,
+            _ => Path::Local,
+        }
+    }
+}
+
+/// `::ffff:127.0.0.1` and the like: an IPv4 loopback peer seen by a dual-stack socket.
+fn is_mapped_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V4(_) => false,
+    }
+}
 
 /// Payload bytes per data frame on a session across a real link. yamux hands a frame
 /// to the reader only once all of it has arrived, and grants a stream more window only
@@ -45,15 +76,15 @@ pub const LINK_RTT: Duration = Duration::from_millis(5);
 /// new stream's window, and that stream stayed at its first 256 KiB: 15 Mbit/s on a
 /// 50 ms link with 1% loss against rathole's 159. 32 KiB frames are read as they
 /// arrive (`benches/TUNING.md`: one stream 16 → 152 Mbit/s, four 363 → 601, medians
-/// of 5). On loopback the large frames stay: there they save system calls.
+/// of 5), and streams that share a connection take turns in smaller pieces. On
+/// loopback the large frames stay: there they save system calls.
 const LINK_SPLIT_SEND_SIZE: usize = 32 * 1024;
 
-/// Payload bytes per data frame for a session whose TCP connection has round trip
-/// `rtt` (the kernel's, at connect); unknown counts as fast.
-pub fn frame_size(rtt: Option<Duration>) -> usize {
-    match rtt {
-        Some(rtt) if rtt >= LINK_RTT => LINK_SPLIT_SEND_SIZE,
-        _ => SPLIT_SEND_SIZE,
+/// Payload bytes per data frame for a session whose TCP connection runs on `path`.
+pub fn frame_size(path: Path) -> usize {
+    match path {
+        Path::Link => LINK_SPLIT_SEND_SIZE,
+        Path::Local => SPLIT_SEND_SIZE,
     }
 }
 
@@ -88,11 +119,11 @@ pub fn config(max_streams: usize) -> yamux::Config {
     cfg
 }
 
-/// [`config`] for a session over a TCP connection with round trip `rtt`: frames sized
-/// by [`frame_size`].
-pub fn config_for_link(max_streams: usize, rtt: Option<Duration>) -> yamux::Config {
+/// [`config`] for a session over a TCP connection on `path`: frames sized by
+/// [`frame_size`].
+pub fn config_for_path(max_streams: usize, path: Path) -> yamux::Config {
     let mut cfg = config(max_streams);
-    cfg.set_split_send_size(frame_size(rtt));
+    cfg.set_split_send_size(frame_size(path));
     cfg
 }
 
@@ -236,18 +267,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn frames_are_small_only_across_a_real_link() {
-        let us = Duration::from_micros;
-        // Loopback and LANs, and a platform that does not say: large frames.
-        for rtt in [None, Some(us(40)), Some(us(4_999))] {
-            assert_eq!(frame_size(rtt), SPLIT_SEND_SIZE, "{rtt:?}");
+    fn frames_are_small_only_across_a_network() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().expect("an address"));
+        // This machine, and a peer whose address is not known: large frames.
+        for peer in [
+            None,
+            ip("127.0.0.1"),
+            ip("127.0.0.2"),
+            ip("::1"),
+            ip("::ffff:127.0.0.1"),
+        ] {
+            assert_eq!(Path::to(peer), Path::Local, "{peer:?}");
         }
-        // From the round trip where `--connections auto` keeps a pool: small ones.
-        for rtt in [LINK_RTT, Duration::from_millis(50), Duration::from_secs(2)] {
-            assert_eq!(frame_size(Some(rtt)), LINK_SPLIT_SEND_SIZE, "{rtt:?}");
+        assert_eq!(frame_size(Path::Local), SPLIT_SEND_SIZE);
+        // Any other address, a LAN's included: small ones.
+        for peer in [
+            ip("192.168.1.20"),
+            ip("198.18.0.2"),
+            ip("2001:db8::1"),
+            ip("::ffff:10.0.0.1"),
+        ] {
+            assert_eq!(Path::to(peer), Path::Link, "{peer:?}");
         }
+        assert_eq!(frame_size(Path::Link), LINK_SPLIT_SEND_SIZE);
         for n in [1, 512, MAX_STREAMS_LIMIT] {
-            let _ = config_for_link(n, Some(LINK_RTT));
+            let _ = config_for_path(n, Path::Link);
         }
     }
 

@@ -60,36 +60,6 @@ pub fn tune_control(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&ka);
 }
 
-/// The kernel's smoothed round-trip time of a connection (`TCP_INFO`): right after
-/// connect, the time the handshake took. Unlike a round trip timed in user space it
-/// does not grow when the machine is busy. `None` where the platform does not say.
-#[cfg(target_os = "linux")]
-pub fn kernel_rtt(stream: &TcpStream) -> Option<Duration> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: `tcp_info` is plain integers, so all zeros is a valid value of it.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: the pointer and length describe `info`, which outlives the call; the
-    // kernel writes at most `len` bytes and stores how many in `len`.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0 && len as usize >= std::mem::size_of::<libc::tcp_info>() / 2)
-        .then(|| Duration::from_micros(info.tcpi_rtt.into()))
-}
-
-/// The kernel's round-trip time of a connection: not told on this platform.
-#[cfg(not(target_os = "linux"))]
-pub fn kernel_rtt(_stream: &TcpStream) -> Option<Duration> {
-    None
-}
-
 /// Dials `host:port`, trying every address the name resolves to in turn (so a service
 /// bound only to `::1` or only to `127.0.0.1` is found behind `localhost`, even where
 /// the hosts file maps `localhost` to one of them only).
