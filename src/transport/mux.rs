@@ -52,20 +52,13 @@ pub enum Path {
 }
 
 impl Path {
-    /// The path to a peer at `peer`.
+    /// The path to a peer at `peer`. An IPv4 loopback peer seen by a dual-stack socket
+    /// (`::ffff:127.0.0.1`) is local too.
     pub fn to(peer: Option<IpAddr>) -> Path {
         match peer {
-            Some(ip) if !ip.is_loopback() && !is_mapped_loopback(ip) => Path::Link,
+            Some(ip) if !ip.to_canonical().is_loopback() => Path::Link,
             _ => Path::Local,
         }
-    }
-}
-
-/// `::ffff:127.0.0.1` and the like: an IPv4 loopback peer seen by a dual-stack socket.
-fn is_mapped_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
-        IpAddr::V4(_) => false,
     }
 }
 
@@ -268,30 +261,28 @@ mod tests {
 
     #[test]
     fn frames_are_small_only_across_a_network() {
-        let ip = |s: &str| Some(s.parse::<IpAddr>().expect("an address"));
-        // This machine, and a peer whose address is not known: large frames.
-        for peer in [
-            None,
-            ip("127.0.0.1"),
-            ip("127.0.0.2"),
-            ip("::1"),
-            ip("::ffff:127.0.0.1"),
-        ] {
-            assert_eq!(Path::to(peer), Path::Local, "{peer:?}");
+        use Path::{Link, Local};
+        // This machine, and a peer whose address is not known: large frames. Any other
+        // address, a LAN's included: small ones.
+        let cases = [
+            (None, Local),
+            (Some("127.0.0.1"), Local),
+            (Some("127.0.0.2"), Local),
+            (Some("::1"), Local),
+            (Some("::ffff:127.0.0.1"), Local),
+            (Some("192.168.1.20"), Link),
+            (Some("198.18.0.2"), Link),
+            (Some("2001:db8::1"), Link),
+            (Some("::ffff:10.0.0.1"), Link),
+        ];
+        for (peer, want) in cases {
+            let ip = peer.map(|p| p.parse::<IpAddr>().expect("an address"));
+            assert_eq!(Path::to(ip), want, "{peer:?}");
         }
-        assert_eq!(frame_size(Path::Local), SPLIT_SEND_SIZE);
-        // Any other address, a LAN's included: small ones.
-        for peer in [
-            ip("192.168.1.20"),
-            ip("198.18.0.2"),
-            ip("2001:db8::1"),
-            ip("::ffff:10.0.0.1"),
-        ] {
-            assert_eq!(Path::to(peer), Path::Link, "{peer:?}");
-        }
-        assert_eq!(frame_size(Path::Link), LINK_SPLIT_SEND_SIZE);
+        assert_eq!(frame_size(Local), SPLIT_SEND_SIZE);
+        assert_eq!(frame_size(Link), LINK_SPLIT_SEND_SIZE);
         for n in [1, 512, MAX_STREAMS_LIMIT] {
-            let _ = config_for_path(n, Path::Link);
+            let _ = config_for_path(n, Link);
         }
     }
 
