@@ -29,7 +29,9 @@
 # Options go to `pipebench run`, e.g. `--rounds 3`, `--workloads tcp,echo`,
 # `--only pipe,rathole`, `--out-md /tmp/x.md`, `--variant LABEL=DIR` (A/B another build
 # of piped/pipec). CARGO_TARGET_DIR is honoured. Takes ~20 minutes of measuring on a
-# 2-core machine, plus the builds the first time.
+# 2-core machine, plus the builds the first time. After an edit of benches/TUNING.md
+# alone, `cargo bench --bench pipebench -- tuning --out-md docs/BENCHMARKS.md` puts it
+# into the file's Tuning section again without measuring anything.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

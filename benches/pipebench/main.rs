@@ -55,6 +55,7 @@ fn main() {
         Some("linkemu") => linkemu::linkemu(&args[1..]),
         Some("run") => run(&args[1..]),
         Some("report") => rereport(&args[1..]),
+        Some("tuning") => retune(&args[1..]),
         // `cargo bench` / `cargo test --benches` call us with libtest flags: say how to
         // run the real thing instead of starting a 15-minute run by surprise.
         _ => println!("pipebench: run `bash benches/run.sh` (see docs/BENCHMARKS.md)"),
@@ -208,6 +209,25 @@ fn rereport(args: &[String]) {
         }
         None => println!("{md}"),
     }
+}
+
+/// `pipebench tuning --out-md FILE [--root DIR]`: puts benches/TUNING.md as it is now
+/// into FILE's Tuning section and leaves every measured section as it is, for when
+/// only the hand-written notes changed.
+fn retune(args: &[String]) {
+    let out = PathBuf::from(arg(args, "--out-md").expect("--out-md FILE"));
+    let root = PathBuf::from(arg(args, "--root").unwrap_or_else(|| ".".into()));
+    let tuning = std::fs::read_to_string(root.join("benches/TUNING.md")).ok();
+    let existing = std::fs::read_to_string(&out).expect("read the file to update");
+    let section = format!(
+        "{}\n## Method and raw samples",
+        report::tuning_section(tuning.as_deref())
+    );
+    if !(existing.contains("\n## Tuning\n") && existing.contains("\n## Method and raw samples")) {
+        eprintln!("{} has no Tuning section to update", out.display());
+        std::process::exit(1);
+    }
+    write_or_warn(&out, &fresh_tuning(existing, &section));
 }
 
 /// The sections a run of their workload alone may replace, put into the file (see

@@ -58,9 +58,16 @@ pub fn markdown(d: &RunData, tuning: Option<&str>) -> String {
     if !signin.is_empty() {
         let _ = writeln!(o, "\n{signin}");
     }
-    let _ = writeln!(o, "\n## Tuning\n");
+    o.push_str(&tuning_section(tuning));
+    raw(&mut o, d);
+    o
+}
+
+/// The "Tuning" section: benches/TUNING.md (`tuning`) under its heading, without the
+/// file's own title and with its sections nested one level down.
+pub fn tuning_section(tuning: Option<&str>) -> String {
+    let mut o = String::from("\n## Tuning\n\n");
     match tuning {
-        // Drop TUNING.md's own title (this section is its heading) and nest its sections.
         Some(t) => {
             for line in t.trim_start_matches(|c| c != '\n').trim().lines() {
                 let nested = if line.starts_with('#') { "#" } else { "" };
@@ -71,7 +78,6 @@ pub fn markdown(d: &RunData, tuning: Option<&str>) -> String {
             let _ = writeln!(o, "(benches/TUNING.md is missing)");
         }
     }
-    raw(&mut o, d);
     o
 }
 
