@@ -247,7 +247,13 @@ async fn cut_off_node_stops_serving_first(net: u8, fault: Mode) {
         .chain(mobile_ports.iter().take(3))
     {
         for &ip in &ips {
-            let who = probe(ip, p).await;
+            // A peer node mirrors a claim a moment after it is published.
+            let deadline = Instant::now() + WAIT;
+            let mut who = probe(ip, p).await;
+            while who.is_none() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                who = probe(ip, p).await;
+            }
             assert!(
                 who.as_deref() == Some("fixed") || who.as_deref() == Some("mobile"),
                 "before the fault, port {p} via {ip}: {who:?}"
