@@ -197,8 +197,17 @@ async fn the_dashboard_fits_a_laptop_and_a_desktop_and_says_what_an_operator_nee
     assert!(by_name(list, "down-api")["local_service_since"]
         .as_u64()
         .is_some());
-    // One TCP visitor is open (ssh); the UDP sender is counted apart.
-    let s = http::http(admin, "GET", "/api/server", None).await.json();
+    // One TCP visitor is open (ssh); the UDP sender is counted apart. The others
+    // have closed, but their tunnels may still be tearing them down (each end closes
+    // in turn: visitor, piped, pipec, service) when the test gets here.
+    let deadline = Instant::now() + WAIT;
+    let s = loop {
+        let s = http::http(admin, "GET", "/api/server", None).await.json();
+        if s["connections_active"] == 1 || Instant::now() >= deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(s["connections_active"], 1, "{s}");
     assert_eq!(s["udp_peers_active"], 1, "{s}");
     let m = http::http(admin, "GET", "/metrics", None).await.body;
