@@ -32,14 +32,7 @@ async fn a_redis_outage_leaves_tunnels_carrying_and_refuses_new_claims_until_it_
     let files = file_server(body.clone()).await;
     let mut c = client(&nodes[0], &[format!("tcp:127.0.0.1:{files}:0")]);
     let port = c.wait_forwarding();
-    for n in &nodes {
-        assert_eq!(
-            sha256(&download(n.ip, port).await),
-            want,
-            "before, via {}",
-            n.name
-        );
-    }
+    every_node_serves(&nodes, port, &want, "before").await;
 
     redis.stop();
     let outage = Instant::now();
@@ -89,14 +82,7 @@ async fn a_redis_outage_leaves_tunnels_carrying_and_refuses_new_claims_until_it_
         assert!(Instant::now() < deadline, "directory never matched: {view}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    for n in &nodes {
-        assert_eq!(
-            sha256(&download(n.ip, port).await),
-            want,
-            "after, via {}",
-            n.name
-        );
-    }
+    every_node_serves(&nodes, port, &want, "after").await;
     // The node gauge follows at the next renewal.
     let deadline = Instant::now() + WAIT;
     let metrics = loop {
@@ -392,14 +378,7 @@ async fn a_node_without_the_cluster_secret_gets_no_link_and_garbage_on_a_peer_po
         )
         .await;
     }
-    for n in &nodes {
-        assert_eq!(
-            sha256(&download(n.ip, port).await),
-            sha256(&body),
-            "via {}",
-            n.name
-        );
-    }
+    every_node_serves(&nodes, port, &sha256(&body), "after the garbage").await;
     let err = nodes[0].piped.proc.stderr();
     assert!(err.contains("peer link refused"), "{err}");
     let d_err = intruder.piped.proc.stderr();

@@ -123,14 +123,7 @@ async fn the_default_lease_rides_out_25s_without_redis() {
     let port = public_port(&c.proc.wait_line("forwarding ", Duration::from_secs(60)));
     // Every node serves the tunnel before Redis goes: a node learns of a claim
     // through Redis, so one that had not yet heard of it has nothing to ride out.
-    for n in &nodes {
-        assert_eq!(
-            sha256(&download(n.ip, port).await),
-            want,
-            "before, via {}",
-            n.name
-        );
-    }
+    every_node_serves(&nodes, port, &want, "before").await;
     redis.stop();
     let stopped = Instant::now();
     let mut rounds = 0;

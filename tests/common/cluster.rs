@@ -107,6 +107,19 @@ pub async fn download(ip: IpAddr, port: u16) -> Vec<u8> {
     get_body(connect_when_ready(ip, port, WAIT).await).await
 }
 
+/// Downloads through every node in turn and checks each body against `want` (its
+/// [`sha256`]); `when` names the moment in a failure ("before", "after").
+pub async fn every_node_serves(nodes: &[Node], port: u16, want: &str, when: &str) {
+    for n in nodes {
+        assert_eq!(
+            sha256(&download(n.ip, port).await),
+            want,
+            "{when}, via {}",
+            n.name
+        );
+    }
+}
+
 /// One UDP datagram to `ip:port` and its echo, retried while the mirror is not up
 /// (a datagram to a closed port is lost), up to `within`.
 pub async fn udp_roundtrip(ip: IpAddr, port: u16, msg: &[u8], within: Duration) -> Vec<u8> {
